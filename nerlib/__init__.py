@@ -1,0 +1,21 @@
+"""nerlib: fine-tune a pre-trained transformer for named entity recognition with plain PyTorch.
+
+    import nerlib
+    metrics = nerlib.train(nerlib.TrainConfig(labels="five", data="path/to/multinerd", model="path/to/encoder"))
+    scores = nerlib.evaluate("runs/nerlib", split="test")
+"""
+
+from .config import TrainConfig
+from .data import Sentence, Split, load_split
+from .errors import ConfigError, DataError, ModelError, NerlibError
+from .evaluation import compute_metrics, evaluate
+from .labels import FIVE_CLASSES, MULTINERD_CLASSES, MULTINERD_TAGS, LabelSet, auto_label_set, multinerd_label_set
+from .loop import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TrainConfig", "train", "evaluate", "compute_metrics", "load_split", "Sentence", "Split",
+    "LabelSet", "multinerd_label_set", "auto_label_set", "MULTINERD_TAGS", "MULTINERD_CLASSES", "FIVE_CLASSES",
+    "NerlibError", "DataError", "ConfigError", "ModelError", "__version__",
+]

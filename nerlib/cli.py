@@ -1,0 +1,88 @@
+"""What the command-line programs share: logging set-up and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable
+
+from .config import add_config_arguments, config_from_args
+from .errors import NerlibError
+from .evaluation import evaluate, format_table
+from .loop import train
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a CLI's main: a user error becomes one line on stderr and exit code 2, never a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading and shard-writing bars drown the training bar
+    prog = os.path.basename(sys.argv[0]) or "nerlib"
+    try:
+        return main(argv)
+    except NerlibError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fine-tune a pre-trained transformer for named entity recognition.")
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args(argv))
+    metrics = train(config)
+    if metrics["test"] is not None:
+        test = metrics["test"]
+        print(format_table(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+        print(f"scored {test['words']} of {metrics['test_words_in_split']} test words")
+    elif metrics["val"] is not None:
+        print(format_table(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+    print(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s")
+    print(f"saved model, tokenizer and metrics.json to {metrics['output_dir']}")
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Score a saved NER model on one split with seqeval.")
+    parser.add_argument("model_dir", help="folder written by train.py (or any token-classification model)")
+    parser.add_argument("--data", help="data source (default: the one the model was trained on)")
+    parser.add_argument("--split", default="test", help="train, val or test (default: test)")
+    parser.add_argument("--lang", help="language of hub-layout files (default: the training language)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per inference batch (default: 64)")
+    parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
+    parser.add_argument("--max-samples", type=int, help="score only the first N sentences")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    parser.add_argument("--strict", action="store_true", help="also report strict IOB2 entity scores")
+    parser.add_argument("--predictions-out", metavar="FILE", help="write one JSON line a sentence: tokens, gold, pred")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = parser.parse_args(argv)
+    options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
+                   max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
+                   predictions_out=args.predictions_out)
+    metrics = evaluate(args.model_dir, **options)
+    strict = evaluate(args.model_dir, strict=True, **{**options, "predictions_out": None}) if args.strict else None
+    if args.json:
+        if strict is not None:
+            metrics["strict"] = {k: strict[k] for k in ("precision", "recall", "f1", "accuracy", "words", "per_type")}
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(format_table(metrics, title=f"{metrics['split']} split of {metrics['data']}"))
+    print(f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences")
+    if strict is not None:
+        print()
+        print(format_table(strict, title="strict IOB2"))
+    return 0
+

@@ -1,0 +1,122 @@
+"""TrainConfig: every training option, its default and its help, in one frozen dataclass.
+
+`train.py` derives its flags from the fields, so a default is written once, here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+
+from .data import DEFAULT_HUB_DATASET
+from .errors import ConfigError
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of a training run. Defaults follow the original notebook."""
+
+    labels: str = _opt("all", "label set: all (31 MultiNERD tags), five (PER ORG LOC ANIM DIS), auto (read from "
+                              "the data), or a comma-separated subset of MultiNERD classes such as PER,LOC,DIS")
+    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, local folder in the hub layout, or folder of column files")
+    lang: str = _opt("en", "language of the hub-layout files to read; records of other languages are dropped")
+    model: str = _opt("distilbert-base-uncased", "pre-trained encoder: a local folder or a hub model id")
+    output_dir: str = _opt("runs/nerlib", "folder for the model, tokenizer, configuration and metrics.json")
+    epochs: int = _opt(2, "training epochs")
+    lr: float = _opt(2e-5, "peak learning rate of AdamW")
+    batch_size: int = _opt(32, "training batch size (windows per step, per device)")
+    eval_batch_size: int = _opt(64, "evaluation batch size")
+    weight_decay: float = _opt(0.005, "AdamW weight decay, applied to weight matrices only")
+    warmup_ratio: float = _opt(0.0, "fraction of optimizer steps of linear warmup before the linear decay")
+    grad_accum: int = _opt(1, "micro-batches accumulated into one optimizer step")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 turns clipping off)")
+    max_length: int = _opt(512, "most sub-tokens a window holds; longer sentences are split into windows, "
+                                "never truncated (capped at the model's maximum)")
+    seed: int = _opt(42, "seed of initialisation, dropout and batch order")
+    max_train_samples: typing.Optional[int] = _opt(None, "train on the first N training sentences only")
+    max_eval_samples: typing.Optional[int] = _opt(None, "evaluate on the first N sentences of val and test only")
+    group_by_length: bool = _opt(True, "batch windows of similar length (shuffled groups) to cut padding")
+    amp: bool = _opt(False, "mixed precision: bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16")
+    amp_dtype: str = _opt("auto", "precision under --amp: auto (bf16 where the device has it natively, else "
+                                  "fp16 on CUDA), bf16, fp16", choices=("auto", "bf16", "fp16"))
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    num_threads: typing.Optional[int] = _opt(None, "CPU threads for torch (default: torch's choice)")
+    progress: bool = _opt(True, "show progress bars")
+    trust_remote_code: bool = _opt(False, "allow model code from the model folder or hub (off: only built-in architectures)")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_train_samples", "max_eval_samples", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr <= 0:
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"--weight-decay must not be negative, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm < 0:
+            problems.append(f"--max-grad-norm must not be negative, got {self.max_grad_norm}")
+        if self.amp_dtype not in ("auto", "bf16", "fp16"):
+            problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+            handle.write("\n")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """Add one flag per field of a config dataclass: `--max-length`, `--amp`, `--no-progress`."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"{help_text} (default: {'on' if f.default else 'off'})")
+            continue
+        base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
+        parser.add_argument(flag, type=base, default=f.default, choices=f.metadata.get("choices"),
+                            metavar=None if f.metadata.get("choices") else f.name.upper(),
+                            help=f"{help_text} (default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, cls=TrainConfig):
+    """Build the config from parsed flags (only the fields the dataclass knows)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def default_output_dir(config: TrainConfig) -> str:
+    return os.path.abspath(config.output_dir)

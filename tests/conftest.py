@@ -1,0 +1,124 @@
+"""Fixtures: tiny randomly initialised models and data files written by the tests themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from nerlib.labels import MULTINERD_TAGS  # noqa: E402
+
+# Words of the fixture language; each class has its own words so a tiny model can learn them.
+ENTITY_WORDS = {
+    "PER": ["alice", "bob", "carol", "dave"],
+    "ORG": ["acme", "globex", "initech"],
+    "LOC": ["paris", "lima", "oslo", "zurich"],
+    "ANIM": ["fox", "eagle", "otter"],
+    "DIS": ["flu", "measles", "malaria"],
+    "FOOD": ["pasta", "cheddar"],
+    "TIME": ["renaissance", "jurassic"],
+}
+FILLER = ["the", "a", "saw", "in", "with", "and", "likes", "near", "of", "was", "."]
+
+
+def tiny_vocab() -> list[str]:
+    words = sorted({w for ws in ENTITY_WORDS.values() for w in ws} | set(FILLER))
+    # Sub-word pieces so some words split into several sub-tokens.
+    pieces = ["##s", "##ing", "##er", "un", "##known", "##a", "##b", "##c"]
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + pieces
+
+
+def make_sentences(count: int, seed: int, lang: str = "en") -> list[dict]:
+    """Synthetic sentences with MultiNERD tag ids; entity classes include ANIM and DIS."""
+    rng = random.Random(seed)
+    classes = list(ENTITY_WORDS)
+    records = []
+    for _ in range(count):
+        tokens, tags = [], []
+        for _ in range(rng.randint(2, 5)):
+            tokens.append(rng.choice(FILLER))
+            tags.append(0)
+            if rng.random() < 0.6:
+                cls = rng.choice(classes)
+                b_id = MULTINERD_TAGS.index(f"B-{cls}")
+                for k in range(rng.choice([1, 1, 2])):
+                    tokens.append(rng.choice(ENTITY_WORDS[cls]))
+                    tags.append(b_id if k == 0 else b_id + 1)
+        records.append({"tokens": tokens, "ner_tags": tags, "lang": lang})
+    return records
+
+
+def write_jsonl(path, records) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_hub_folder(root, sizes=(96, 24, 24), seed=0) -> str:
+    """A folder in MultiNERD's hub layout with English and a few German sentences."""
+    root = str(root)
+    for offset, (split, size) in enumerate(zip(("train", "val", "test"), sizes)):
+        records = make_sentences(size, seed + offset) + make_sentences(3, seed + 100 + offset, lang="de")
+        write_jsonl(os.path.join(root, split, f"{split}_en.jsonl"), [r for r in records if r["lang"] == "en"])
+        write_jsonl(os.path.join(root, split, f"{split}_de.jsonl"), [r for r in records if r["lang"] == "de"])
+    return root
+
+
+def write_column_folder(root, sizes=(64, 16), seed=0, index_column=False) -> str:
+    """Column files (token TAB tag) with string tags, CoNLL style, without a test split."""
+    root = str(root)
+    os.makedirs(root, exist_ok=True)
+    for offset, (split, size) in enumerate(zip(("train", "val"), sizes)):
+        with open(os.path.join(root, f"{split}.txt"), "w", encoding="utf-8") as handle:
+            for record in make_sentences(size, seed + offset):
+                for i, (token, tag) in enumerate(zip(record["tokens"], record["ner_tags"])):
+                    name = MULTINERD_TAGS[tag].replace("ANIM", "MISC")
+                    handle.write(f"{i}\t{token}\t{name}\n" if index_column else f"{token}\t{name}\n")
+                handle.write("\n")
+    return root
+
+
+def build_tiny_encoder(folder: str) -> str:
+    """A randomly initialised 2-layer BERT with a vocabulary written here, saved like a hub model."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    os.makedirs(folder, exist_ok=True)
+    vocab_file = os.path.join(folder, "vocab.txt")
+    with open(vocab_file, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(tiny_vocab()) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(folder, do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tiny_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    return build_tiny_encoder(str(tmp_path_factory.mktemp("tiny-encoder")))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_encoder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_encoder)
+
+
+@pytest.fixture
+def hub_folder(tmp_path) -> str:
+    return write_hub_folder(tmp_path / "multinerd")
+
+
+@pytest.fixture
+def column_folder(tmp_path) -> str:
+    return write_column_folder(tmp_path / "conll")

@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+
+from nerlib.data import Sentence
+from nerlib.features import (
+    IGNORE_INDEX, align_labels, collate, encode, length_grouped_batches, plan_windows, shuffled_batches, sorted_batches,
+)
+from nerlib.labels import multinerd_label_set
+
+
+def test_align_labels_first_subtoken_carries_the_label():
+    word_ids = [None, 0, 0, 1, 2, 2, 2, None]
+    assert align_labels(word_ids, [5, 6, 7], ignore_index=-9) == [-9, 5, -9, 6, 7, -9, -9, -9]
+
+
+def test_align_labels_specials_only_and_single_words():
+    assert align_labels([None, None], [], ignore_index=-9) == [-9, -9]
+    assert align_labels([None, 0, 1, 2, None], [3, 0, 4]) == [IGNORE_INDEX, 3, 0, 4, IGNORE_INDEX]
+
+
+def test_align_labels_word_dropped_by_tokenizer_is_skipped():
+    # Word 1 produced no sub-token: the others still line up with their own labels.
+    assert align_labels([None, 0, 2, 2, None], [1, 2, 3], ignore_index=-9) == [-9, 1, 3, -9, -9]
+
+
+@pytest.mark.parametrize("counts, budget, expected", [
+    ([1, 1, 1], 10, [(0, 3)]),
+    ([2, 2, 2], 4, [(0, 2), (2, 3)]),
+    ([3, 3, 3], 3, [(0, 1), (1, 2), (2, 3)]),
+    ([1, 9, 1], 4, [(0, 1), (1, 2), (2, 3)]),  # a word over the budget gets a window of its own
+    ([], 4, [(0, 0)]),
+])
+def test_plan_windows(counts, budget, expected):
+    assert plan_windows(counts, budget) == expected
+
+
+def test_plan_windows_covers_every_word_once():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        counts = rng.integers(1, 6, size=rng.integers(1, 40)).tolist()
+        windows = plan_windows(counts, 7)
+        assert [w for a, b in windows for w in range(a, b)] == list(range(len(counts)))
+        assert all(sum(min(c, 7) for c in counts[a:b]) <= 7 for a, b in windows)
+
+
+def test_collate_pads_to_multiple_of_eight_with_sentinels():
+    ids = [np.array([11, 12, 13]), np.array([21] * 9)]
+    labels = [np.array([-100, 1, -100]), np.array([2] * 9)]
+    batch = collate(ids, labels, pad_id=-8, label_pad_id=-9)
+    expected_ids = torch.full((2, 16), -8)
+    expected_ids[0, :3] = torch.tensor([11, 12, 13])
+    expected_ids[1, :9] = 21
+    expected_labels = torch.full((2, 16), -9)
+    expected_labels[0, :3] = torch.tensor([-100, 1, -100])
+    expected_labels[1, :9] = 2
+    expected_mask = torch.zeros((2, 16), dtype=torch.long)
+    expected_mask[0, :3] = 1
+    expected_mask[1, :9] = 1
+    assert torch.equal(batch["input_ids"], expected_ids)
+    assert torch.equal(batch["labels"], expected_labels)
+    assert torch.equal(batch["attention_mask"], expected_mask)
+
+
+def test_collate_exact_multiple_is_not_padded_further():
+    batch = collate([np.arange(8)], [np.zeros(8, dtype=np.int64)], pad_id=0)
+    assert batch["input_ids"].shape == (1, 8)
+    assert batch["input_ids"].dtype == torch.int64
+
+
+def test_length_grouped_batches_reproducible_and_complete():
+    lengths = np.random.default_rng(1).integers(5, 60, size=1000)
+    first = length_grouped_batches(lengths, 32, seed=3, epoch=1, group_size=4)
+    again = length_grouped_batches(lengths, 32, seed=3, epoch=1, group_size=4)
+    other_epoch = length_grouped_batches(lengths, 32, seed=3, epoch=2, group_size=4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert sorted(np.concatenate(first).tolist()) == list(range(1000))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other_epoch))
+    # Grouping cuts padding well below a plain shuffle.
+    def efficiency(batches):
+        return lengths.sum() / sum(len(b) * lengths[b].max() for b in batches)
+
+    assert efficiency(first) > 0.8 > 0.6 > efficiency(shuffled_batches(1000, 32, seed=3, epoch=1))
+
+
+def test_sorted_batches_longest_first():
+    batches = sorted_batches(np.array([3, 9, 1, 7]), 2)
+    assert [b.tolist() for b in batches] == [[1, 3], [0, 2]]
+
+
+def _sentence(tokens, tags):
+    return Sentence(tuple(tokens), tuple(tags), "mem", 1)
+
+
+def test_encode_labels_first_subtokens_and_unicode(tiny_tokenizer):
+    five = multinerd_label_set("five")
+    sentence = _sentence(["Alice", "unknowns", "Zürich", "\u200b", "."], ["B-PER", "O", "B-LOC", "O", "O"])
+    encoded = encode([sentence], five, tiny_tokenizer, max_length=32)
+    assert len(encoded) == 1
+    ids, labels = encoded.input_ids[0], encoded.labels[0]
+    assert ids[0] == tiny_tokenizer.cls_token_id and ids[-1] == tiny_tokenizer.sep_token_id
+    # One labelled position per word, in word order; the zero-width word became [UNK].
+    assert labels[labels != IGNORE_INDEX].tolist() == [1, 0, 5, 0, 0]
+    assert tiny_tokenizer.unk_token_id in ids.tolist()
+    assert len(ids) > 7  # "unknowns" split into several sub-tokens
+    assert encoded.gold[0].tolist() == [1, 0, 5, 0, 0]
+
+
+def test_encode_windows_long_sentences_without_losing_words(tiny_tokenizer):
+    five = multinerd_label_set("five")
+    tokens = ["alice", "saw", "the", "fox", "in", "paris"] * 7
+    tags = ["B-PER", "O", "O", "B-ANIM", "O", "B-LOC"] * 7
+    encoded = encode([_sentence(tokens, tags), _sentence(["bob"], ["B-PER"])], five, tiny_tokenizer, max_length=10)
+    assert all(len(ids) <= 10 for ids in encoded.input_ids)
+    assert len(encoded) > 5
+    first_sentence = encoded.sentence_index == 0
+    labelled = np.concatenate([encoded.labels[i][encoded.labels[i] != IGNORE_INDEX] for i in np.flatnonzero(first_sentence)])
+    assert labelled.tolist() == [five.tag_id(t) for t in tags]
+    assert encoded.word_start[first_sentence].tolist() == sorted(encoded.word_start[first_sentence].tolist())
+    assert encoded.words_per_window().sum() == encoded.num_words == 43
