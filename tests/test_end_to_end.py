@@ -1,0 +1,127 @@
+"""Train tiny models end to end through the library and the CLIs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nerlib
+from nerlib.config import TrainConfig
+
+from conftest import write_column_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data, model, out, **overrides):
+    values = dict(labels="five", data=data, model=model, output_dir=str(out), epochs=2, lr=5e-3, batch_size=8,
+                  eval_batch_size=16, max_length=16, progress=False, seed=7)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_train_then_evaluate_gives_the_same_metrics(hub_folder, tiny_encoder, tmp_path):
+    metrics = nerlib.train(tiny_config(hub_folder, tiny_encoder, tmp_path / "run", epochs=3))
+    test = metrics["test"]
+    assert test["words"] == metrics["test_words_in_split"] > 0
+    assert len(metrics["epochs"]) == 3 and all("val" in e for e in metrics["epochs"])
+    assert metrics["train_words_per_s"] > 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test"] == json.loads(json.dumps(test))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["id2label"]["7"] == "B-ANIM" and len(config["id2label"]) == 11
+    again = nerlib.evaluate(str(tmp_path / "run"))
+    for key in ("precision", "recall", "f1", "accuracy", "words"):
+        assert again[key] == pytest.approx(test[key]), key
+    for name, row in test["per_type"].items():
+        assert again["per_type"][name] == pytest.approx(row), name
+    assert test["f1"] > 0.3, "the tiny model should learn the fixture's entity words"
+
+
+def test_seeded_cpu_runs_are_identical(hub_folder, tiny_encoder, tmp_path):
+    for name in ("a", "b"):
+        nerlib.train(tiny_config(hub_folder, tiny_encoder, tmp_path / name, epochs=1))
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_matches_a_larger_batch(hub_folder, tiny_encoder_no_dropout, tmp_path):
+    # The loss is normalised by the labelled words of the whole accumulation group, so 2 x 4
+    # accumulated equals 8 at once when the steps hold the same windows (plain shuffle: the
+    # order does not depend on the batch size) and dropout is off.
+    common = dict(epochs=1, group_by_length=False, max_train_samples=48, max_eval_samples=8)
+    nerlib.train(tiny_config(hub_folder, tiny_encoder_no_dropout, tmp_path / "big", batch_size=8, **common))
+    nerlib.train(tiny_config(hub_folder, tiny_encoder_no_dropout, tmp_path / "acc", batch_size=4, grad_accum=2, **common))
+    big = load_file(str(tmp_path / "big" / "model.safetensors"))
+    acc = load_file(str(tmp_path / "acc" / "model.safetensors"))
+    start = load_file(os.path.join(tiny_encoder_no_dropout, "model.safetensors"))
+    for name, tensor in big.items():
+        torch.testing.assert_close(acc[name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+    moved = [k for k in start if "bert." + k in big and not torch.equal(start[k], big["bert." + k])]
+    assert moved, "training changed no weight"
+
+
+def test_all_label_set_and_auto_on_column_files(tiny_encoder, tmp_path):
+    folder = write_column_folder(tmp_path / "conll", index_column=True)
+    metrics = nerlib.train(tiny_config(folder, tiny_encoder, tmp_path / "auto", labels="auto", epochs=1))
+    assert metrics["test"] is None and metrics["val"]["words"] > 0
+    assert "B-MISC" in metrics["labels"]
+
+
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_evaluate_and_rescore_predictions(hub_folder, tiny_encoder, tmp_path):
+    out = tmp_path / "cli-run"
+    result = _cli("train.py", "--labels", "all", "--data", hub_folder, "--model", tiny_encoder, "--output-dir",
+                  str(out), "--epochs", "1", "--lr", "5e-3", "--batch-size", "8", "--max-length", "16", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "scored" in result.stdout and "test words" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = tmp_path / "p.jsonl"
+    result = _cli("evaluate.py", str(out), "--predictions-out", str(predictions), "--json")
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout)
+    assert scored["f1"] == pytest.approx(metrics["test"]["f1"])
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert sum(len(r["tokens"]) for r in rows) == scored["words"] == metrics["test_words_in_split"]
+    from seqeval.metrics import f1_score
+
+    assert f1_score([r["gold"] for r in rows], [r["pred"] for r in rows]) == pytest.approx(scored["f1"], abs=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "does/not/exist/here"], "model folder does not exist"),
+    (["--data", "no-such-folder-x"], "no such data folder"),
+    (["--labels", "PER,FOO"], "unknown: FOO"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_cli_user_errors_are_one_line(args, message, hub_folder, tiny_encoder, tmp_path):
+    base = ["--data", hub_folder, "--model", tiny_encoder, "--output-dir", str(tmp_path / "o"), "--no-progress"]
+    result = _cli("train.py", *base, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 or result.stderr.strip().splitlines()[-1].startswith("train.py: error:")
+
+
+def test_cli_bad_data_line_is_reported(tiny_encoder, tmp_path):
+    folder = write_column_folder(tmp_path / "c")
+    with open(os.path.join(folder, "train.txt"), "a", encoding="utf-8") as handle:
+        handle.write("broken line with many columns\tO\tO\tO\n")
+    result = _cli("train.py", "--labels", "auto", "--data", folder, "--model", tiny_encoder, "--output-dir",
+                  str(tmp_path / "o"), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.txt:" in result.stderr and "got 4" in result.stderr
+
+
+def test_evaluate_cli_missing_model_folder(tmp_path):
+    result = _cli("evaluate.py", str(tmp_path / "missing"), "--data", str(tmp_path))
+    assert result.returncode == 2 and "model folder does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
