@@ -44,6 +44,10 @@ class TrainConfig:
     max_train_samples: typing.Optional[int] = _opt(None, "train on the first N training sentences only")
     max_eval_samples: typing.Optional[int] = _opt(None, "evaluate on the first N sentences of val and test only")
     group_by_length: bool = _opt(True, "batch windows of similar length (shuffled groups) to cut padding")
+    cache: bool = _opt(True, "keep tokenised splits in an on-disk cache, so the next run on the same data, tokenizer "
+                             "and options starts at once")
+    cache_dir: typing.Optional[str] = _opt(None, "folder of the tokenisation cache (default: $NERLIB_CACHE, else "
+                                                 "~/.cache/nerlib; an empty value turns the cache off)")
     amp: bool = _opt(False, "mixed precision: bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16")
     amp_dtype: str = _opt("auto", "precision under --amp: auto (bf16 where the device has it natively, else "
                                   "fp16 on CUDA), bf16, fp16", choices=("auto", "bf16", "fp16"))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .features import IGNORE_INDEX, Encoded, collate, sorted_batches
+from .runtime import pad_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ def predict_encoded(
     words_per_window = encoded.words_per_window()
     flat = np.full(int(sentence_offsets[-1]), -1, dtype=np.int64)
     context = autocast if autocast is not None else contextlib.nullcontext()
+    pad_to = pad_multiple(torch.device(device))
     for batch_indices in sorted_batches(lengths, batch_size):
-        batch = collate([encoded.input_ids[i] for i in batch_indices], [encoded.labels[i] for i in batch_indices], pad_id)
+        batch = collate([encoded.input_ids[i] for i in batch_indices], [encoded.labels[i] for i in batch_indices], pad_id,
+                        pad_to)
         with context:
             logits = model(
                 input_ids=batch["input_ids"].to(device, non_blocking=True),

@@ -225,6 +225,25 @@ def collate(
     }
 
 
+def padding_efficiency(lengths: np.ndarray, batches: Sequence[np.ndarray], pad_to_multiple_of: int = 1) -> float:
+    """Real tokens over tokens computed when each batch is padded as `collate` pads it.
+
+    Args:
+        lengths: sub-tokens of each window.
+        batches: window indices of each batch.
+        pad_to_multiple_of: as for `collate`.
+
+    Returns:
+        A fraction in (0, 1]; 1.0 for no batches.
+    """
+    real = computed = 0
+    for batch in batches:
+        batch_lengths = lengths[batch]
+        real += int(batch_lengths.sum())
+        computed += len(batch) * int(math.ceil(batch_lengths.max() / pad_to_multiple_of) * pad_to_multiple_of)
+    return real / computed if computed else 1.0
+
+
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_size: int = 50) -> list[np.ndarray]:
     """Shuffled batches of similar-length windows, reproducible from `(seed, epoch)`.
 

@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .cache import cached_encode, resolve_cache_dir
 from .config import TrainConfig
 from .data import Split, SplitNotFound, all_tags, load_split
 from .errors import ConfigError, DataError
-from .evaluation import compute_metrics, predict_encoded
-from .features import IGNORE_INDEX, Encoded, collate, encode, length_grouped_batches, shuffled_batches
+from .evaluation import predict_encoded
+from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .runtime import Precision, configure_threads, resolve_device, resolve_precision, seed_everything
+from .runtime import Precision, configure_threads, pad_multiple, resolve_device, resolve_precision, seed_everything
+from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,9 @@ class Prepared:
     encoded: Encoded
 
 
-def prepare(split: Split, label_set: LabelSet, tokenizer, max_length: int) -> Prepared:
-    return Prepared(split, encode(split.sentences, label_set, tokenizer, max_length))
+def prepare(split: Split, label_set: LabelSet, tokenizer, max_length: int, cache_dir: str | None = None) -> Prepared:
+    """Encode a split into windows, through the on-disk cache in `cache_dir` (None: no cache)."""
+    return Prepared(split, cached_encode(split, label_set, tokenizer, max_length, cache_dir))
 
 
 def effective_max_length(requested: int, tokenizer, model) -> int:
@@ -86,10 +89,8 @@ def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: in
                       device: torch.device, precision: Precision, strict: bool = False) -> tuple[dict, list[np.ndarray]]:
     """Predict every word of a prepared split and score it; returns (metrics, predicted ids)."""
     predicted = predict_encoded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast())
-    labels = label_set.labels
-    gold_tags = [[labels[i] for i in ids] for ids in prepared.encoded.gold]
-    pred_tags = [[labels[i] for i in ids] for ids in predicted]
-    metrics = compute_metrics(gold_tags, pred_tags, strict=strict)
+    # seqeval's scores, vectorised for BIO label sets (seqeval itself walks every word in Python).
+    metrics = score_predictions(prepared.encoded.gold, predicted, label_set.labels, strict=strict)
     if metrics["words"] != prepared.split.num_words:  # pragma: no cover - guarded by construction
         raise RuntimeError(f"scored {metrics['words']} words of {prepared.split.num_words}")
     return metrics, predicted
@@ -166,9 +167,10 @@ def train(config: TrainConfig) -> dict:
     max_length = effective_max_length(config.max_length, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    train_data = prepare(train_split, label_set, tokenizer, max_length)
-    val_data = prepare(val_split, label_set, tokenizer, max_length) if val_split else None
-    test_data = prepare(test_split, label_set, tokenizer, max_length) if test_split else None
+    cache_dir = resolve_cache_dir(config.cache, config.cache_dir)
+    train_data = prepare(train_split, label_set, tokenizer, max_length, cache_dir)
+    val_data = prepare(val_split, label_set, tokenizer, max_length, cache_dir) if val_split else None
+    test_data = prepare(test_split, label_set, tokenizer, max_length, cache_dir) if test_split else None
     for prepared in (train_data, val_data, test_data):
         if prepared:
             logger.info("%s: %d sentences, %d words, %d windows (%s)", prepared.split.name,
@@ -185,6 +187,7 @@ def train(config: TrainConfig) -> dict:
     optimizer = build_optimizer(model, config.lr, config.weight_decay, device)
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
     scaler = precision.grad_scaler()
+    pad_to = pad_multiple(device)
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
@@ -200,6 +203,7 @@ def train(config: TrainConfig) -> dict:
             batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
         else:
             batches = shuffled_batches(len(encoded), config.batch_size, config.seed, epoch)
+        epoch_padding = padding_efficiency(lengths, batches, pad_to)
         epoch_started = time.perf_counter()
         epoch_loss, epoch_words = 0.0, 0
         for group_start in range(0, len(batches), config.grad_accum):
@@ -210,7 +214,7 @@ def train(config: TrainConfig) -> dict:
             group_loss = 0.0
             for batch_indices in group:
                 batch = collate([encoded.input_ids[i] for i in batch_indices],
-                                [encoded.labels[i] for i in batch_indices], pad_id)
+                                [encoded.labels[i] for i in batch_indices], pad_id, pad_to)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with precision.autocast():
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -237,7 +241,7 @@ def train(config: TrainConfig) -> dict:
         train_words += epoch_words
         train_seconds += epoch_seconds
         record = {"epoch": epoch, "train_loss": epoch_loss / max(1, epoch_words),
-                  "train_words_per_s": epoch_words / epoch_seconds}
+                  "train_words_per_s": epoch_words / epoch_seconds, "padding_efficiency": epoch_padding}
         if val_data is not None:
             record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size, device, precision)
             f1 = record["val"]["f1"]
@@ -258,9 +262,11 @@ def train(config: TrainConfig) -> dict:
         from transformers import AutoModelForTokenClassification
 
         model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
-    test_metrics = None
+    test_metrics, test_seconds = None, 0.0
     if test_data is not None:
+        test_started = time.perf_counter()
         test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device, precision)
+        test_seconds = time.perf_counter() - test_started
         logger.info("test: f1 %.4f, scored %d of %d words", test_metrics["f1"], test_metrics["words"],
                     test_split.num_words)
     metrics = {
@@ -276,6 +282,8 @@ def train(config: TrainConfig) -> dict:
         "train_words": train_words,
         "train_seconds": train_seconds,
         "train_words_per_s": train_words / train_seconds if train_seconds else 0.0,
+        "test_seconds": test_seconds,
+        "test_words_per_s": test_metrics["words"] / test_seconds if test_metrics else 0.0,
         "wall_time_s": time.perf_counter() - started,
         "output_dir": output_dir,
     }

@@ -94,6 +94,16 @@ def resolve_precision(device: torch.device, amp: bool, amp_dtype: str = "auto") 
     return Precision(device, None)
 
 
+def pad_multiple(device: torch.device) -> int:
+    """The multiple that batches are padded to on `device`.
+
+    8 on CUDA, so that fp16/bf16 matmuls use tensor cores; 1 on CPUs, where every padded
+    position is wasted work (rounding to 8 costs about 10% more tokens on MultiNERD's short
+    sentences).
+    """
+    return 8 if device.type == "cuda" else 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

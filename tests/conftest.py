@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs in tests never write to the user's tokenisation cache; tests of the cache pass a folder.
+os.environ["NERLIB_CACHE"] = ""
 
 from nerlib.labels import MULTINERD_TAGS  # noqa: E402
 

@@ -4,7 +4,8 @@ import torch
 
 from nerlib.data import Sentence
 from nerlib.features import (
-    IGNORE_INDEX, align_labels, collate, encode, length_grouped_batches, plan_windows, shuffled_batches, sorted_batches,
+    IGNORE_INDEX, align_labels, collate, encode, length_grouped_batches, padding_efficiency, plan_windows, shuffled_batches,
+    sorted_batches,
 )
 from nerlib.labels import multinerd_label_set
 
@@ -118,3 +119,16 @@ def test_encode_windows_long_sentences_without_losing_words(tiny_tokenizer):
     assert labelled.tolist() == [five.tag_id(t) for t in tags]
     assert encoded.word_start[first_sentence].tolist() == sorted(encoded.word_start[first_sentence].tolist())
     assert encoded.words_per_window().sum() == encoded.num_words == 43
+
+
+def test_padding_efficiency_counts_padding_as_collate_pads():
+    lengths = np.array([3, 5, 2, 8])
+    batches = [np.array([0, 1]), np.array([2, 3])]
+    # Widths 5 and 8: 18 real tokens of 26 computed; rounded to multiples of 4: 8 and 8.
+    assert padding_efficiency(lengths, batches) == pytest.approx(18 / 26)
+    assert padding_efficiency(lengths, batches, pad_to_multiple_of=4) == pytest.approx(18 / 32)
+    ids = [np.arange(n) for n in lengths]
+    widths = [collate([ids[i] for i in b], [ids[i] for i in b], pad_id=0, pad_to_multiple_of=4)["input_ids"].shape[1]
+              for b in batches]
+    assert widths == [8, 8]
+    assert padding_efficiency(lengths, []) == 1.0
