@@ -10,11 +10,10 @@ import sys
 from typing import Callable
 
 from .config import add_config_arguments, config_from_args
-from .errors import NerlibError
+from .errors import NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table
 from .loop import train
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -31,8 +30,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     try:
         return main(argv)
     except NerlibError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        kind = "stopped" if isinstance(exc, TrainingStopped) else "error"
+        print(f"{prog}: {kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
