@@ -14,14 +14,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainConfig
 from .data import Split, SplitNotFound, all_tags, load_split
 from .errors import ConfigError, DataError
-from .evaluation import compute_metrics, predict_encoded
+from .evaluation import compute_metrics
 from .features import IGNORE_INDEX, Encoded, collate, encode, length_grouped_batches, shuffled_batches
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .runtime import Precision, configure_threads, resolve_device, resolve_precision, seed_everything
+from .runtime import Precision, configure_threads, resolve_precision, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,14 @@ def effective_max_length(requested: int, tokenizer, model) -> int:
 
 
 def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: int, batch_size: int,
-                      device: torch.device, precision: Precision, strict: bool = False) -> tuple[dict, list[np.ndarray]]:
-    """Predict every word of a prepared split and score it; returns (metrics, predicted ids)."""
-    predicted = predict_encoded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast())
+                      device: torch.device, precision: Precision, strict: bool = False,
+                      world: distributed.World | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Predict every word of a prepared split and score it; returns (metrics, predicted ids).
+
+    Under torchrun (`world`) the ranks share the windows and every rank gets all predictions.
+    """
+    predicted = distributed.predict_sharded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast(),
+                                            world)
     labels = label_set.labels
     gold_tags = [[labels[i] for i in ids] for ids in prepared.encoded.gold]
     pred_tags = [[labels[i] for i in ids] for ids in predicted]
@@ -136,6 +142,10 @@ def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set
 def train(config: TrainConfig) -> dict:
     """Fine-tune `config.model` for NER on `config.data` and save the best epoch's model.
 
+    Started by `torchrun`, every rank calls this: it joins the process group (NCCL on CUDA, gloo
+    on the CPU), trains its share of each batch with DDP, and leaves the group at the end if it
+    created it. Only rank 0 writes files; every rank returns the same metrics.
+
     The validation split is scored after every epoch; the epoch with the best validation F1 is
     kept in `config.output_dir` and scored on the test split at the end.
 
@@ -149,12 +159,21 @@ def train(config: TrainConfig) -> dict:
     Raises:
         NerlibError: bad data, flags, model or output folder (one-line messages).
     """
+    world = distributed.setup(config.device)
+    try:
+        return _train(config, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(config: TrainConfig, world: distributed.World) -> dict:
     started = time.perf_counter()
     configure_threads(config.num_threads)
-    device = resolve_device(config.device)
+    device = world.device
     precision = resolve_precision(device, config.amp, config.amp_dtype)
     output_dir = config.output_dir
-    _check_writable(output_dir)
+    if world.is_main:
+        _check_writable(output_dir)
 
     train_split, val_split, test_split = _read_splits(config)
     label_set = resolve_label_set(config.labels, [s for s in (train_split, val_split, test_split) if s])
@@ -163,6 +182,9 @@ def train(config: TrainConfig) -> dict:
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
+    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
+    train_model = distributed.wrap_model(model, world)
+    distributed.seed_rank(config.seed, world)
     max_length = effective_max_length(config.max_length, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -178,7 +200,9 @@ def train(config: TrainConfig) -> dict:
     encoded = train_data.encoded
     lengths = encoded.lengths
     words_per_window = encoded.words_per_window()
-    batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    # Batches are global (batch_size windows on each of world.size ranks); each rank trains its share.
+    global_batch = config.batch_size * world.size
+    batches_per_epoch = distributed.num_shared_batches(len(encoded), global_batch, world.size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_ratio * total_steps)
@@ -188,35 +212,41 @@ def train(config: TrainConfig) -> dict:
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
+    logger.info("global batch %d windows per step (%d per device x %d ranks x accumulation %d)",
+                global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     history: list[dict] = []
     best_f1, best_epoch = -1.0, 0
     train_words, train_seconds = 0, 0.0
-    bar = tqdm(total=batches_per_epoch * config.epochs, desc="train", unit="batch", disable=not config.progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=batches_per_epoch * config.epochs, desc="train", unit="batch",
+               disable=not (config.progress and world.is_main), dynamic_ncols=True)
     model.train()
     for epoch in range(1, config.epochs + 1):
         if config.group_by_length:
-            batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
+            batches = length_grouped_batches(lengths, global_batch, config.seed, epoch)
         else:
-            batches = shuffled_batches(len(encoded), config.batch_size, config.seed, epoch)
+            batches = shuffled_batches(len(encoded), global_batch, config.seed, epoch)
+        batches = distributed.shard_batches(batches, world.rank, world.size)
         epoch_started = time.perf_counter()
         epoch_loss, epoch_words = 0.0, 0
         for group_start in range(0, len(batches), config.grad_accum):
             group = batches[group_start:group_start + config.grad_accum]
             # Normalise by the labelled words of the whole accumulation group, so every word
             # weighs the same however the group's batches are cut.
-            group_words = int(sum(words_per_window[b].sum() for b in group))
+            # Under torchrun: the words of the group on all ranks (distributed.loss_scale says why).
+            group_words = int(distributed.all_reduce_sum(int(sum(words_per_window[b].sum() for b in group)), world))
             group_loss = 0.0
-            for batch_indices in group:
+            for micro, batch_indices in enumerate(group):
                 batch = collate([encoded.input_ids[i] for i in batch_indices],
                                 [encoded.labels[i] for i in batch_indices], pad_id)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with precision.autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                           ignore_index=IGNORE_INDEX, reduction="sum")
-                scaler.scale(loss_sum / group_words).backward()
+                with distributed.gradient_sync(train_model, sync=micro == len(group) - 1):
+                    with precision.autocast():
+                        logits = train_model(input_ids=batch["input_ids"],
+                                             attention_mask=batch["attention_mask"]).logits
+                    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                               ignore_index=IGNORE_INDEX, reduction="sum")
+                    scaler.scale(loss_sum * distributed.loss_scale(group_words, world)).backward()
                 group_loss += loss_sum.item()
                 bar.update(1)
             if config.max_grad_norm > 0:
@@ -231,15 +261,17 @@ def train(config: TrainConfig) -> dict:
             epoch_loss += group_loss
             epoch_words += group_words
             elapsed = time.perf_counter() - epoch_started
-            bar.set_postfix(loss=f"{group_loss / group_words:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+            bar.set_postfix(loss=f"{group_loss * world.size / group_words:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             words_s=f"{(train_words + epoch_words) / (train_seconds + elapsed):.0f}", refresh=False)
         epoch_seconds = time.perf_counter() - epoch_started
+        epoch_loss = distributed.all_reduce_sum(epoch_loss, world)
         train_words += epoch_words
         train_seconds += epoch_seconds
         record = {"epoch": epoch, "train_loss": epoch_loss / max(1, epoch_words),
                   "train_words_per_s": epoch_words / epoch_seconds}
         if val_data is not None:
-            record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size, device, precision)
+            record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size, device, precision,
+                                                 world=world)
             f1 = record["val"]["f1"]
             logger.info("epoch %d: loss %.4f, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
                         record["train_loss"], f1, record["val"]["precision"], record["val"]["recall"],
@@ -250,17 +282,21 @@ def train(config: TrainConfig) -> dict:
         history.append(record)
         if f1 > best_f1:
             best_f1, best_epoch = f1, epoch
-            save_model(model, tokenizer, output_dir, config, label_set)
+            if world.is_main:
+                save_model(model, tokenizer, output_dir, config, label_set)
     bar.close()
 
     if best_epoch != config.epochs:
         logger.info("reloading epoch %d, the best by validation f1", best_epoch)
         from transformers import AutoModelForTokenClassification
 
-        model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+        if world.is_main:
+            model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+        distributed.broadcast_model(model, world)
     test_metrics = None
     if test_data is not None:
-        test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device, precision)
+        test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device, precision,
+                                            world=world)
         logger.info("test: f1 %.4f, scored %d of %d words", test_metrics["f1"], test_metrics["words"],
                     test_split.num_words)
     metrics = {
@@ -268,6 +304,7 @@ def train(config: TrainConfig) -> dict:
         "labels": list(label_set.labels),
         "precision_mode": precision.name,
         "device": str(device),
+        "world_size": world.size,
         "best_epoch": best_epoch,
         "epochs": history,
         "val": history[best_epoch - 1].get("val"),
@@ -279,7 +316,8 @@ def train(config: TrainConfig) -> dict:
         "wall_time_s": time.perf_counter() - started,
         "output_dir": output_dir,
     }
-    with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2)
-        handle.write("\n")
+    if world.is_main:
+        with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(metrics, handle, indent=2)
+            handle.write("\n")
     return metrics
