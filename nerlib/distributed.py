@@ -252,7 +252,8 @@ def predict_sharded(model: torch.nn.Module, encoded: Encoded, pad_id: int, batch
     return assemble_words(encoded, *merge_shards(encoded, gathered))
 
 
-def merge_shards(encoded: Encoded, gathered: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
+def merge_shards(encoded: Encoded,
+                 gathered: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Join the ranks' `(window indices, flat word predictions)` into per-window predictions.
 
     Returns:

@@ -61,13 +61,15 @@ def predict_windows(
         first_subtokens = batch["labels"] != IGNORE_INDEX
         # Row-major order of the mask = window by window, word by word within a window.
         flat = predictions[first_subtokens].numpy()
-        for position, window_words in zip(positions, np.split(flat, np.cumsum(words_per_window[batch_indices])[:-1])):
+        ends = np.cumsum(words_per_window[batch_indices])[:-1]
+        for position, window_words in zip(positions, np.split(flat, ends)):
             result[position] = window_words
     model.train(was_training)
     return result
 
 
-def assemble_words(encoded: Encoded, windows: Sequence[int] | np.ndarray, window_predictions: Sequence[np.ndarray]) -> list[np.ndarray]:
+def assemble_words(encoded: Encoded, windows: Sequence[int] | np.ndarray,
+                   window_predictions: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Put per-window word predictions back into sentences.
 
     Args:
@@ -110,7 +112,8 @@ def predict_encoded(
         For each sentence, its words' predicted label ids.
     """
     windows = np.arange(len(encoded))
-    return assemble_words(encoded, windows, predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast))
+    predictions = predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast)
+    return assemble_words(encoded, windows, predictions)
 
 
 def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:

@@ -212,7 +212,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
-    logger.info("global batch %d windows per step (%d per device x %d ranks x accumulation %d)",
+    logger.info("global batch %d windows per step: %d per device x world size %d x accumulation %d",
                 global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     history: list[dict] = []
