@@ -110,7 +110,13 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, scaler, trainer_state: dict) -> str:
+def checkpoint_path(output_dir: str, step: int) -> str:
+    """The folder of the checkpoint of optimizer step `step`."""
+    return os.path.join(checkpoints_root(output_dir), f"{PREFIX}{step:08d}")
+
+
+def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, scaler, trainer_state: dict,
+                    rank_rngs: list[dict] | None = None) -> str:
     """Write a complete checkpoint atomically; returns its folder.
 
     Args:
@@ -119,12 +125,13 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, sca
         model: the unwrapped model whose weights are saved.
         optimizer, scheduler, scaler: their `state_dict()`s are saved.
         trainer_state: JSON-serialisable loop state (see REQUIRED_STATE_KEYS).
+        rank_rngs: under torchrun, the RNG state of every rank (each draws its own dropout).
     """
     from safetensors.torch import save_model
 
     root = checkpoints_root(output_dir)
     os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, f"{PREFIX}{step:08d}")
+    final = checkpoint_path(output_dir, step)
     temporary = os.path.join(root, f".tmp-{PREFIX}{step:08d}-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
@@ -132,7 +139,10 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, sca
     torch.save(optimizer.state_dict(), os.path.join(temporary, "optimizer.pt"))
     torch.save(scheduler.state_dict(), os.path.join(temporary, "scheduler.pt"))
     torch.save(scaler.state_dict(), os.path.join(temporary, "scaler.pt"))
-    torch.save(rng_state(), os.path.join(temporary, "rng.pt"))
+    rng = rng_state()
+    if rank_rngs is not None:
+        rng["ranks"] = rank_rngs
+    torch.save(rng, os.path.join(temporary, "rng.pt"))
     with open(os.path.join(temporary, STATE_FILE), "w", encoding="utf-8") as handle:
         json.dump(trainer_state, handle, indent=2)
     manifest = {}
@@ -201,8 +211,10 @@ def find_resumable(output_dir: str) -> Found:
     return Found(None, tuple(skipped))
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler, scaler) -> dict:
+def load_checkpoint(path: str, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
     """Restore model, optimizer, scheduler, scaler and RNG states in place; returns the loop state.
+
+    Under torchrun each rank restores its own RNG state (`rank`).
 
     Raises:
         CheckpointError: a state the resume needs is missing from the checkpoint.
@@ -227,7 +239,12 @@ def load_checkpoint(path: str, model, optimizer, scheduler, scaler) -> dict:
     scheduler.load_state_dict(states["scheduler"])
     if states["scaler"]:
         scaler.load_state_dict(states["scaler"])
-    set_rng_state(states["rng"])
+    rng = states["rng"]
+    if "ranks" in rng:
+        if rank >= len(rng["ranks"]):
+            raise CheckpointError(f"{path}: holds RNG states of {len(rng['ranks'])} ranks, none for rank {rank}")
+        rng = rng["ranks"][rank]
+    set_rng_state(rng)
     return trainer_state
 
 

@@ -10,6 +10,7 @@ import sys
 from typing import Callable
 
 from .config import add_config_arguments, config_from_args
+from .distributed import env_rank
 from .errors import NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table
 from .loop import train
@@ -19,7 +20,10 @@ EXIT_INTERRUPTED = 130
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a CLI's main: a user error becomes one line on stderr and exit code 2, never a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Under torchrun only rank 0 reports progress; the other ranks speak up for warnings and errors.
+    rank = env_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,6 +47,8 @@ def train_main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     config = config_from_args(parser.parse_args(argv))
     metrics = train(config)
+    if env_rank() != 0:
+        return 0
     if metrics["test"] is not None:
         test = metrics["test"]
         print(format_table(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))

@@ -19,18 +19,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainConfig
 from .data import Split, SplitNotFound, all_tags, load_split
 from .checkpoint import (
-    CheckpointError, differences, find_resumable, fingerprint, list_checkpoints, load_checkpoint, prune,
-    save_checkpoint,
+    CheckpointError, checkpoint_path, differences, find_resumable, fingerprint, list_checkpoints, load_checkpoint,
+    prune, rng_state, save_checkpoint,
 )
 from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
-from .evaluation import compute_metrics, predict_encoded
+from .evaluation import compute_metrics
 from .features import IGNORE_INDEX, Encoded, collate, encode, length_grouped_batches, shuffled_batches
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .runtime import Precision, configure_threads, resolve_device, resolve_precision, seed_everything
+from .runtime import Precision, configure_threads, resolve_precision, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,14 @@ def effective_max_length(requested: int, tokenizer, model) -> int:
 
 
 def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: int, batch_size: int,
-                      device: torch.device, precision: Precision, strict: bool = False) -> tuple[dict, list[np.ndarray]]:
-    """Predict every word of a prepared split and score it; returns (metrics, predicted ids)."""
-    predicted = predict_encoded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast())
+                      device: torch.device, precision: Precision, strict: bool = False,
+                      world: distributed.World | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Predict every word of a prepared split and score it; returns (metrics, predicted ids).
+
+    Under torchrun (`world`) the ranks share the windows and every rank gets all predictions.
+    """
+    predicted = distributed.predict_sharded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast(),
+                                            world)
     labels = label_set.labels
     gold_tags = [[labels[i] for i in ids] for ids in prepared.encoded.gold]
     pred_tags = [[labels[i] for i in ids] for ids in predicted]
@@ -218,7 +224,8 @@ def _fresh_state(config: TrainConfig, data_fingerprint: dict) -> dict:
     }
 
 
-def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_fingerprint: dict) -> dict | None:
+def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_fingerprint: dict,
+            world: distributed.World) -> dict | None:
     """Restore the newest complete checkpoint; None when there is nothing to resume."""
     found = find_resumable(config.output_dir)
     if found.path is None:
@@ -227,7 +234,7 @@ def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_finge
                                   f"({'; '.join(found.skipped)}); pass --overwrite to start over")
         logger.info("--resume: no checkpoint in %s yet, starting a new run", config.output_dir)
         return None
-    state = load_checkpoint(found.path, model, optimizer, scheduler, scaler)
+    state = load_checkpoint(found.path, model, optimizer, scheduler, scaler, rank=world.rank)
     changed = differences(state["config"], config.run_settings())
     changed += differences({"fingerprint": state["fingerprint"]}, {"fingerprint": data_fingerprint})
     if changed:
@@ -256,17 +263,31 @@ def train(config: TrainConfig) -> dict:
         The contents of `metrics.json`: per-epoch validation metrics, final `test` metrics
         (None without a test split), words scored, wall time and training words/s.
 
+    Started by `torchrun`, every rank calls this: it joins the process group (NCCL on CUDA, gloo
+    on the CPU), trains its share of each batch with DDP, and leaves the group at the end if it
+    created it. Only rank 0 writes files; every rank returns the same metrics.
+
     Raises:
         NerlibError: bad data, flags, model or output folder (one-line messages);
             TrainingInterrupted after SIGTERM/SIGINT (a checkpoint was written);
             NonFiniteLoss on a NaN/inf loss or endless fp16 overflow.
     """
+    world = distributed.setup(config.device)
+    try:
+        return _train(config, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(config: TrainConfig, world: distributed.World) -> dict:
     started = time.perf_counter()
     configure_threads(config.num_threads)
-    device = resolve_device(config.device)
+    device = world.device
     precision = resolve_precision(device, config.amp, config.amp_dtype)
     output_dir = config.output_dir
-    _prepare_output_dir(config)
+    if world.is_main:
+        _prepare_output_dir(config)
+    distributed.barrier(world)
 
     train_split, val_split, test_split = _read_splits(config)
     label_set = resolve_label_set(config.labels, [s for s in (train_split, val_split, test_split) if s])
@@ -275,6 +296,9 @@ def train(config: TrainConfig) -> dict:
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
+    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
+    train_model = distributed.wrap_model(model, world)
+    distributed.seed_rank(config.seed, world)
     max_length = effective_max_length(config.max_length, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -290,7 +314,9 @@ def train(config: TrainConfig) -> dict:
     encoded = train_data.encoded
     lengths = encoded.lengths
     words_per_window = encoded.words_per_window()
-    batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    # Batches are global (batch_size windows on each of world.size ranks); each rank trains its share.
+    global_batch = config.batch_size * world.size
+    batches_per_epoch = distributed.num_shared_batches(len(encoded), global_batch, world.size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_ratio * total_steps)
@@ -299,46 +325,64 @@ def train(config: TrainConfig) -> dict:
     scaler = precision.grad_scaler()
 
     data_fingerprint = fingerprint((train_split, val_split, test_split), tokenizer, label_set.labels)
-    state = _resume(config, model, optimizer, scheduler, scaler, data_fingerprint) if config.resume else None
+    data_fingerprint["world_size"] = world.size  # batch order and RNG streams depend on it
+    state = _resume(config, model, optimizer, scheduler, scaler, data_fingerprint, world) if config.resume else None
     state = state or _fresh_state(config, data_fingerprint)
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
+    if world.distributed:
+        logger.info("global batch %d windows per step: %d per device x world size %d x accumulation %d",
+                    global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     def checkpoint() -> str:
-        path = save_checkpoint(output_dir, state["global_step"], model, optimizer, scheduler, scaler, state)
-        prune(output_dir, config.keep_checkpoints, state["best_checkpoint"])
+        # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
+        rank_rngs = distributed.gather_to_main(rng_state(), world)
+        path = checkpoint_path(output_dir, state["global_step"])
+        if world.is_main:
+            save_checkpoint(output_dir, state["global_step"], model, optimizer, scheduler, scaler, state,
+                            rank_rngs if world.distributed else None)
+            prune(output_dir, config.keep_checkpoints, state["best_checkpoint"])
+        distributed.barrier(world)
         return path
 
     done_batches = (state["epoch"] - 1) * batches_per_epoch + state["batches_done"]
     bar = tqdm(total=batches_per_epoch * config.epochs, initial=done_batches, desc="train", unit="batch",
-               disable=not config.progress, dynamic_ncols=True)
+               disable=not (config.progress and world.is_main), dynamic_ncols=True)
     consecutive_skipped = 0
     model.train()
     with _graceful_stop() as stop:
         while state["epoch"] <= config.epochs:
             epoch = state["epoch"]
             if config.group_by_length:
-                batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
+                batches = length_grouped_batches(lengths, global_batch, config.seed, epoch)
             else:
-                batches = shuffled_batches(len(encoded), config.batch_size, config.seed, epoch)
+                batches = shuffled_batches(len(encoded), global_batch, config.seed, epoch)
+            order_digest = _batch_order_digest(batches)
+            batches = distributed.shard_batches(batches, world.rank, world.size)
             segment_started = time.perf_counter()
             for group_start in range(state["batches_done"], len(batches), config.grad_accum):
                 group = batches[group_start:group_start + config.grad_accum]
                 # Normalise by the labelled words of the whole accumulation group, so every word
                 # weighs the same however the group's batches are cut.
-                group_words = int(sum(words_per_window[b].sum() for b in group))
+                # Under torchrun: the words of the group on all ranks (distributed.loss_scale says why).
+                group_words = int(distributed.all_reduce_sum(int(sum(words_per_window[b].sum() for b in group)), world))
                 group_loss = 0.0
-                for batch_indices in group:
+                for micro, batch_indices in enumerate(group):
                     batch = collate([encoded.input_ids[i] for i in batch_indices],
                                     [encoded.labels[i] for i in batch_indices], pad_id)
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with precision.autocast():
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                               ignore_index=IGNORE_INDEX, reduction="sum")
-                    scaler.scale(loss_sum / group_words).backward()
+                    with distributed.gradient_sync(train_model, sync=micro == len(group) - 1):
+                        with precision.autocast():
+                            logits = train_model(input_ids=batch["input_ids"],
+                                                 attention_mask=batch["attention_mask"]).logits
+                        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                                   ignore_index=IGNORE_INDEX, reduction="sum")
+                        scaler.scale(loss_sum * distributed.loss_scale(group_words, world)).backward()
                     group_loss += loss_sum.item()
+                # The loss of the whole step on all ranks: every rank sees the same value, so all
+                # stop together on a non-finite loss.
+                group_loss = distributed.all_reduce_sum(group_loss, world)
                 step = state["global_step"] + 1
                 if not math.isfinite(group_loss) and not precision.uses_scaler:
                     last = list_checkpoints(output_dir)
@@ -381,22 +425,23 @@ def train(config: TrainConfig) -> dict:
                     postfix["skipped"] = state["skipped_steps"]
                 bar.set_postfix(postfix, refresh=False)
                 save_now = config.save_steps and step % config.save_steps == 0
-                if (save_now or stop.signal) and state["batches_done"] < len(batches):
+                stopping = distributed.any_true(stop.signal is not None, world)  # all ranks stop at one step
+                if (save_now or stopping) and state["batches_done"] < len(batches):
                     state["epoch_seconds"] += time.perf_counter() - segment_started
                     segment_started = time.perf_counter()
                     path = checkpoint()
-                    if stop.signal:
+                    if stopping:
                         bar.close()
-                        raise TrainingInterrupted(_interrupted_message(stop.signal, step, path))
+                        raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
             state["epoch_seconds"] += time.perf_counter() - segment_started
             record = {"epoch": epoch, "train_loss": state["epoch_loss"] / max(1, state["epoch_words"]),
                       "train_words_per_s": state["epoch_words"] / max(state["epoch_seconds"], 1e-9),
-                      "batch_order": _batch_order_digest(batches)}
+                      "batch_order": order_digest}
             if state["skipped_steps"]:
                 record["skipped_steps_so_far"] = state["skipped_steps"]
             if val_data is not None:
                 record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size,
-                                                     device, precision)
+                                                     device, precision, world=world)
                 f1 = record["val"]["f1"]
                 logger.info("epoch %d: loss %.4f, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
                             record["train_loss"], f1, record["val"]["precision"], record["val"]["recall"],
@@ -411,12 +456,14 @@ def train(config: TrainConfig) -> dict:
             improved = f1 > state["best_f1"]
             if improved:
                 state["best_f1"], state["best_epoch"] = f1, epoch
-                save_model(model, tokenizer, output_dir, config, label_set)
+                if world.is_main:
+                    save_model(model, tokenizer, output_dir, config, label_set)
                 state["best_checkpoint"] = f"checkpoint-{state['global_step']:08d}"
             path = checkpoint()
-            if stop.signal and epoch < config.epochs:
+            if distributed.any_true(stop.signal is not None, world) and epoch < config.epochs:
                 bar.close()
-                raise TrainingInterrupted(_interrupted_message(stop.signal, state["global_step"], path))
+                raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, state["global_step"],
+                                                               path))
     bar.close()
 
     best_epoch = state["best_epoch"]
@@ -424,11 +471,14 @@ def train(config: TrainConfig) -> dict:
         logger.info("reloading epoch %d, the best by validation f1", best_epoch)
         from transformers import AutoModelForTokenClassification
 
-        model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+        distributed.barrier(world)
+        if world.is_main:
+            model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+        distributed.broadcast_model(model, world)
     test_metrics = None
     if test_data is not None:
         test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device,
-                                            precision)
+                                            precision, world=world)
         logger.info("test: f1 %.4f, scored %d of %d words", test_metrics["f1"], test_metrics["words"],
                     test_split.num_words)
     history = state["history"]
@@ -437,6 +487,7 @@ def train(config: TrainConfig) -> dict:
         "labels": list(label_set.labels),
         "precision_mode": precision.name,
         "device": str(device),
+        "world_size": world.size,
         "best_epoch": best_epoch,
         "epochs": history,
         "val": history[best_epoch - 1].get("val"),
@@ -450,9 +501,10 @@ def train(config: TrainConfig) -> dict:
         "wall_time_s": time.perf_counter() - started,
         "output_dir": output_dir,
     }
-    with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2)
-        handle.write("\n")
+    if world.is_main:
+        with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(metrics, handle, indent=2)
+            handle.write("\n")
     return metrics
 
 
