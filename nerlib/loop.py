@@ -21,6 +21,7 @@ from .evaluation import compute_metrics, predict_encoded
 from .features import IGNORE_INDEX, Encoded, collate, encode, length_grouped_batches, shuffled_batches
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
+from .reports import write_reports
 from .runtime import Precision, configure_threads, resolve_device, resolve_precision, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ def train(config: TrainConfig) -> dict:
 
     Returns:
         The contents of `metrics.json`: per-epoch validation metrics, final `test` metrics
-        (None without a test split), words scored, wall time and training words/s.
+        (None without a test split), words scored, wall time, training words/s and the loss of
+        every optimizer step; plus `reports`, the model card and plots written beside it.
 
     Raises:
         NerlibError: bad data, flags, model or output folder (one-line messages).
@@ -192,6 +194,7 @@ def train(config: TrainConfig) -> dict:
     history: list[dict] = []
     best_f1, best_epoch = -1.0, 0
     train_words, train_seconds = 0, 0.0
+    loss_by_step: list[list[float]] = []  # [optimizer step, loss per word], for the training curves
     bar = tqdm(total=batches_per_epoch * config.epochs, desc="train", unit="batch", disable=not config.progress,
                dynamic_ncols=True)
     model.train()
@@ -228,6 +231,7 @@ def train(config: TrainConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             if not math.isfinite(group_loss) and not precision.uses_scaler:
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {group_start // config.grad_accum + 1}")
+            loss_by_step.append([len(loss_by_step) + 1, group_loss / group_words])
             epoch_loss += group_loss
             epoch_words += group_words
             elapsed = time.perf_counter() - epoch_started
@@ -258,9 +262,9 @@ def train(config: TrainConfig) -> dict:
         from transformers import AutoModelForTokenClassification
 
         model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
-    test_metrics = None
+    test_metrics, test_predicted = None, None
     if test_data is not None:
-        test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device, precision)
+        test_metrics, test_predicted = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device, precision)
         logger.info("test: f1 %.4f, scored %d of %d words", test_metrics["f1"], test_metrics["words"],
                     test_split.num_words)
     metrics = {
@@ -278,8 +282,11 @@ def train(config: TrainConfig) -> dict:
         "train_words_per_s": train_words / train_seconds if train_seconds else 0.0,
         "wall_time_s": time.perf_counter() - started,
         "output_dir": output_dir,
+        "train_loss_by_step": loss_by_step,
     }
     with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2)
         handle.write("\n")
+    metrics["reports"] = write_reports(output_dir, config.to_dict(), label_set, metrics,
+                                       test_data.encoded.gold if test_data else None, test_predicted)
     return metrics
