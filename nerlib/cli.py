@@ -15,7 +15,7 @@ from .errors import ConfigError, NerlibError
 from .evaluation import evaluate, format_table
 from .loop import train
 from .predict import predict_stream, read_texts
-from .reports import PLOTS_HINT, table_format, write_metrics_table
+from .reports import PLOTS_HINT, plots_available, table_format, write_metrics_table
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ def train_main(argv: list[str] | None = None) -> int:
 def saved_summary(metrics: dict) -> str:
     """Where a training run saved everything, one file a line."""
     from .loop import METRICS_FILE
-    from .reports import PLOTS_HINT
 
     output_dir = metrics["output_dir"]
     reports = metrics.get("reports", {})
@@ -76,7 +75,8 @@ def saved_summary(metrics: dict) -> str:
         elif key == "confusion" and metrics.get("test") is None:
             lines.append(f"  {name:<20} (no test split)")
         else:
-            lines.append(f"  {name:<20} (not drawn: {PLOTS_HINT})")
+            why = "see the warning above" if plots_available() else PLOTS_HINT
+            lines.append(f"  {name:<20} (not drawn: {why})")
     return "\n".join(lines)
 
 
@@ -107,8 +107,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if args.table_out:
         write_metrics_table(metrics, args.table_out)
         logger.info("wrote the per-type table to %s", args.table_out)
-    if args.confusion_out and os.path.isfile(args.confusion_out):
-        logger.info("drew the confusion matrix into %s", args.confusion_out)
     strict = evaluate(args.model_dir, strict=True, **{**options, "predictions_out": None}) if args.strict else None
     if args.json:
         if strict is not None:

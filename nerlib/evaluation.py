@@ -203,6 +203,7 @@ def evaluate(
         labels = label_set.labels
         confusion = confusion_counts([[labels[i] for i in ids] for ids in prepared.encoded.gold],
                                      [[labels[i] for i in ids] for ids in predicted], label_set.classes)
-        plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion")
+        if plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion"):
+            logger.info("drew the entity confusion matrix into %s", confusion_out)
     return {**metrics, "split": loaded.name, "data": data, "sentences": len(loaded.sentences),
             "words_in_split": loaded.num_words, "strict": strict}

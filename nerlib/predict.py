@@ -219,20 +219,20 @@ def predict_loaded(
     """
     prepared = [_text_and_spans(item) for item in texts]
     results: list[list[Entity]] = [[] for _ in prepared]
-    wordy = [index for index, (_, spans) in enumerate(prepared) if spans]  # a text with no words has no entities
-    if not wordy:
+    with_words = [index for index, (_, spans) in enumerate(prepared) if spans]  # a text with no words has no entities
+    if not with_words:
         return results
     # Gold tags are not used for prediction; the label set's first label stands in for them.
     filler = label_set.labels[0]
     sentences = []
-    for index in wordy:
+    for index in with_words:
         text, spans = prepared[index]
         sentences.append(Sentence(tuple(text[s:e] for s, e in spans), (filler,) * len(spans), "<input>", index + 1))
     encoded = encode(sentences, label_set, tokenizer, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     label_ids, scores = predict_encoded_scores(model, encoded, pad_id, batch_size, device, autocast)
     labels = label_set.labels
-    for index, ids, word_scores in zip(wordy, label_ids, scores):
+    for index, ids, word_scores in zip(with_words, label_ids, scores):
         text, spans = prepared[index]
         results[index] = entities_from_tags(text, spans, [labels[i] for i in ids], word_scores)
     return results

@@ -172,6 +172,11 @@ def _figure_class():
     return Figure
 
 
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (the `plots` extra)."""
+    return _figure_class() is not None
+
+
 def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
     kernel = np.ones(width) / width
     return np.convolve(values, kernel, mode="valid")
