@@ -190,6 +190,7 @@ def evaluate(
     amp_dtype: str = "auto",
     strict: bool = False,
     predictions_out: str | None = None,
+    confusion_out: str | None = None,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -204,6 +205,8 @@ def evaluate(
         device, amp, amp_dtype: as for training.
         strict: score entities by strict IOB2 rules instead of seqeval's default.
         predictions_out: write one JSON line a sentence, `{"tokens", "gold", "pred"}`.
+        confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
+            without it a warning says how to install it).
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
@@ -245,5 +248,13 @@ def evaluate(
                                              "pred": [labels[i] for i in pred]}, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise ConfigError(f"{predictions_out}: cannot write predictions ({exc.strerror})") from None
+    if confusion_out:
+        from .reports import confusion_counts, plot_confusion
+
+        labels = label_set.labels
+        confusion = confusion_counts([[labels[i] for i in ids] for ids in prepared.encoded.gold],
+                                     [[labels[i] for i in ids] for ids in predicted], label_set.classes)
+        if plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion"):
+            logger.info("drew the entity confusion matrix into %s", confusion_out)
     return {**metrics, "split": loaded.name, "data": data, "sentences": len(loaded.sentences),
             "words_in_split": loaded.num_words, "strict": strict}

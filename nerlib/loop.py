@@ -31,6 +31,7 @@ from .evaluation import compute_metrics
 from .features import IGNORE_INDEX, Encoded, collate, encode, length_grouped_batches, shuffled_batches
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
+from .reports import write_reports
 from .runtime import Precision, configure_threads, resolve_precision, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -261,7 +262,8 @@ def train(config: TrainConfig) -> dict:
 
     Returns:
         The contents of `metrics.json`: per-epoch validation metrics, final `test` metrics
-        (None without a test split), words scored, wall time and training words/s.
+        (None without a test split), words scored, wall time, training words/s and the loss of
+        every optimizer step; plus `reports`, the model card and plots written beside it.
 
     Started by `torchrun`, every rank calls this: it joins the process group (NCCL on CUDA, gloo
     on the CPU), trains its share of each batch with DDP, and leaves the group at the end if it
@@ -475,9 +477,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
         if world.is_main:
             model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
         distributed.broadcast_model(model, world)
-    test_metrics = None
+    test_metrics, test_predicted = None, None
     if test_data is not None:
-        test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device,
+        test_metrics, test_predicted = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device,
                                             precision, world=world)
         logger.info("test: f1 %.4f, scored %d of %d words", test_metrics["f1"], test_metrics["words"],
                     test_split.num_words)
@@ -505,6 +507,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
         with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)
             handle.write("\n")
+        metrics["reports"] = write_reports(output_dir, config.to_dict(), label_set, metrics,
+                                           test_data.encoded.gold if test_data else None, test_predicted)
     return metrics
 
 
