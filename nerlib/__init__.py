@@ -3,6 +3,7 @@
     import nerlib
     metrics = nerlib.train(nerlib.TrainConfig(labels="five", data="path/to/multinerd", model="path/to/encoder"))
     scores = nerlib.evaluate("runs/nerlib", split="test")
+    entities = nerlib.predict("runs/nerlib", ["Angela Merkel visited Paris."])
 """
 
 from .config import TrainConfig
@@ -11,11 +12,12 @@ from .errors import ConfigError, DataError, ModelError, NerlibError
 from .evaluation import compute_metrics, evaluate
 from .labels import FIVE_CLASSES, MULTINERD_CLASSES, MULTINERD_TAGS, LabelSet, auto_label_set, multinerd_label_set
 from .loop import train
+from .prediction import Entity, predict, split_words
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "TrainConfig", "train", "evaluate", "compute_metrics", "load_split", "Sentence", "Split",
+    "TrainConfig", "train", "evaluate", "predict", "Entity", "split_words", "compute_metrics", "load_split", "Sentence", "Split",
     "LabelSet", "multinerd_label_set", "auto_label_set", "MULTINERD_TAGS", "MULTINERD_CLASSES", "FIVE_CLASSES",
     "NerlibError", "DataError", "ConfigError", "ModelError", "__version__",
 ]

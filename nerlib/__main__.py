@@ -1,17 +1,17 @@
-"""`python -m nerlib train ...` / `python -m nerlib evaluate ...`."""
+"""`python -m nerlib train ...` / `python -m nerlib evaluate ...` / `python -m nerlib predict ...`."""
 
 import sys
 
-from .cli import evaluate_main, run, train_main
+from .cli import evaluate_main, predict_main, run, train_main
 
 
 def main() -> int:
-    commands = ("train", "evaluate")
+    commands = {"train": train_main, "evaluate": evaluate_main, "predict": predict_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m nerlib {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
     command = sys.argv.pop(1)
-    return run(train_main if command == "train" else evaluate_main)
+    return run(commands[command])
 
 
 if __name__ == "__main__":

@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass, field
 
 from .data import DEFAULT_HUB_DATASET
 from .errors import ConfigError
+
+
+# Fields that steer how a run is carried out, not what it computes: they may change on resume.
+RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", "keep_checkpoints", "resume",
+                         "overwrite", "force", "eval_batch_size", "cache", "cache_dir"})
 
 
 def _opt(default, help: str, **extra):
@@ -54,6 +58,13 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     num_threads: typing.Optional[int] = _opt(None, "CPU threads for torch (default: torch's choice)")
     progress: bool = _opt(True, "show progress bars")
+    save_steps: typing.Optional[int] = _opt(None, "also write a checkpoint every N optimizer steps (one is always "
+                                                  "written at the end of every epoch)")
+    keep_checkpoints: int = _opt(2, "checkpoints kept: the newest K, plus the one of the best epoch")
+    resume: bool = _opt(False, "continue from the newest complete checkpoint in --output-dir")
+    overwrite: bool = _opt(False, "start a new run in an --output-dir that holds another run's checkpoints, "
+                                  "deleting them")
+    force: bool = _opt(False, "resume even though the configuration or data fingerprint changed")
     trust_remote_code: bool = _opt(False, "allow model code from the model folder or hub (off: only built-in architectures)")
 
     def __post_init__(self) -> None:
@@ -61,10 +72,14 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_train_samples", "max_eval_samples", "num_threads"):
+        for name in ("max_train_samples", "max_eval_samples", "num_threads", "save_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.keep_checkpoints < 1:
+            problems.append(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.resume and self.overwrite:
+            problems.append("--resume and --overwrite exclude each other")
         if self.lr <= 0:
             problems.append(f"--lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
@@ -77,6 +92,10 @@ class TrainConfig:
             problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def run_settings(self) -> dict:
+        """The fields that define what is trained: a resume must match them (see RUN_CONTROL)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,5 +141,3 @@ def config_from_args(args: argparse.Namespace, cls=TrainConfig):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def default_output_dir(config: TrainConfig) -> str:
-    return os.path.abspath(config.output_dir)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
 from .errors import DataError
 from .labels import MULTINERD_TAGS, LabelSet, is_bio_tag
@@ -192,16 +192,24 @@ def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def _read_jsonl(path: str, lang: str | None) -> tuple[list[Sentence], int]:
+    def records() -> Iterator[tuple[object, str, int, str]]:
+        for number, text in _decoded_lines(path):
+            if not text.strip():
+                continue
+            try:
+                yield json.loads(text), path, number, f"{path}:{number}"
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+
+    return _collect(records(), lang)
+
+
+def _collect(records: Iterable[tuple[object, str, int, str]], lang: str | None) -> tuple[list[Sentence], int]:
+    """Validated sentences of the wanted language from `(record, path, line, where)`, and the empty ones' count."""
     sentences: list[Sentence] = []
     empty = 0
-    for number, text in _decoded_lines(path):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: malformed JSON: {exc.msg} (column {exc.colno})") from None
-        sentence = _sentence_from_record(record, path, number, lang, f"{path}:{number}")
+    for record, path, line, where in records:
+        sentence = _sentence_from_record(record, path, line, lang, where)
         if sentence is None:
             continue
         if not sentence.tokens:
@@ -299,18 +307,9 @@ def _read_hub(dataset_id: str, split: str, lang: str) -> tuple[list[Sentence], i
             f"({type(exc).__name__}); use --data FOLDER with a local copy in the hub layout "
             f"(train/train_{lang}.jsonl, val/val_{lang}.jsonl, test/test_{lang}.jsonl) or column files"
         ) from None
-    sentences: list[Sentence] = []
-    empty = 0
     where_file = f"hub:{dataset_id}/{data_file}"
-    for index, record in enumerate(rows):
-        sentence = _sentence_from_record(record, where_file, index + 1, lang, f"{where_file} record {index}")
-        if sentence is None:
-            continue
-        if not sentence.tokens:
-            empty += 1
-            continue
-        sentences.append(sentence)
-    return sentences, empty
+    return _collect(((record, where_file, index + 1, f"{where_file} record {index}") for index, record in enumerate(rows)),
+                    lang)
 
 
 def tag_ids(sentence: Sentence, label_set: LabelSet) -> list[int]:

@@ -4,6 +4,8 @@
 class NerlibError(Exception):
     """Base class of every error caused by the user's input, files, flags or environment."""
 
+    exit_code = 2  # what the command-line programs exit with
+
 
 class DataError(NerlibError):
     """A data source is missing, unreadable or malformed; the message names file and line."""
@@ -15,3 +17,19 @@ class ConfigError(NerlibError):
 
 class ModelError(NerlibError):
     """A model or tokenizer cannot be found or loaded."""
+
+
+class TrainingStopped(NerlibError):
+    """Training stopped early on purpose or on a fault, with its state saved where possible."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGTERM or SIGINT: the current step was finished and a checkpoint written."""
+
+    exit_code = 3
+
+
+class NonFiniteLoss(TrainingStopped):
+    """A NaN or infinite loss (fp32, bf16), or fp16 loss scaling that keeps skipping steps."""
+
+    exit_code = 4

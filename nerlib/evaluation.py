@@ -21,33 +21,38 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def predict_encoded(
+def predict_windows(
     model: torch.nn.Module,
     encoded: Encoded,
+    windows: Sequence[int] | np.ndarray,
     pad_id: int,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> list[np.ndarray]:
-    """Predict a label id for every word of every sentence.
+    """Predict a label id for every word of some windows of a split.
 
-    Windows are batched longest first; the argmax at each word's first sub-token is gathered
-    with one mask per batch and scattered into a flat array of all the split's words.
+    The windows are batched longest first; the argmax at each word's first sub-token is gathered
+    with one mask per batch.
+
+    Args:
+        model: a token-classification model.
+        encoded: the split's windows.
+        windows: the indices of the windows to predict (a rank's shard, or all of them).
+        pad_id, batch_size, device, autocast: padding id, windows per batch, where and how to compute.
 
     Returns:
-        For each sentence, its words' predicted label ids.
+        For each window of `windows`, in that order, its words' predicted label ids.
     """
+    windows = np.asarray(windows, dtype=np.int64)
     was_training = model.training
     model.eval()
-    lengths = encoded.lengths
-    sentence_offsets = np.concatenate([[0], np.cumsum(encoded.sentence_lengths)])
-    # Global position of each window's first word in the flat array of the split's words.
-    window_offsets = sentence_offsets[encoded.sentence_index] + encoded.word_start
     words_per_window = encoded.words_per_window()
-    flat = np.full(int(sentence_offsets[-1]), -1, dtype=np.int64)
+    result: list[np.ndarray | None] = [None] * len(windows)
     context = autocast if autocast is not None else contextlib.nullcontext()
     pad_to = pad_multiple(torch.device(device))
-    for batch_indices in sorted_batches(lengths, batch_size):
+    for positions in sorted_batches(encoded.lengths[windows], batch_size):
+        batch_indices = windows[positions]
         batch = collate([encoded.input_ids[i] for i in batch_indices], [encoded.labels[i] for i in batch_indices], pad_id,
                         pad_to)
         with context:
@@ -58,14 +63,60 @@ def predict_encoded(
         predictions = logits.argmax(dim=-1).cpu()
         first_subtokens = batch["labels"] != IGNORE_INDEX
         # Row-major order of the mask = window by window, word by word within a window.
-        positions = np.concatenate(
-            [np.arange(window_offsets[i], window_offsets[i] + words_per_window[i]) for i in batch_indices]
-        )
-        flat[positions] = predictions[first_subtokens].numpy()
+        flat = predictions[first_subtokens].numpy()
+        ends = np.cumsum(words_per_window[batch_indices])[:-1]
+        for position, window_words in zip(positions, np.split(flat, ends)):
+            result[position] = window_words
     model.train(was_training)
-    if (flat < 0).any():  # pragma: no cover - guarded by construction; a bug if it fires
-        raise RuntimeError(f"{int((flat < 0).sum())} words received no prediction")
+    return result
+
+
+def assemble_words(encoded: Encoded, windows: Sequence[int] | np.ndarray,
+                   window_predictions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Put per-window word predictions back into sentences.
+
+    Args:
+        encoded: the split's windows.
+        windows: window indices, together covering the split.
+        window_predictions: for each of `windows`, its words' predicted label ids.
+
+    Returns:
+        For each sentence, its words' predicted label ids.
+
+    Raises:
+        RuntimeError: a word predicted never or more than once (windows missing or repeated).
+    """
+    sentence_offsets = np.concatenate([[0], np.cumsum(encoded.sentence_lengths)])
+    # Global position of each window's first word in the flat array of the split's words.
+    window_offsets = sentence_offsets[encoded.sentence_index] + encoded.word_start
+    flat = np.full(int(sentence_offsets[-1]), -1, dtype=np.int64)
+    times_predicted = np.zeros(len(flat), dtype=np.int64)
+    for window, predicted in zip(windows, window_predictions):
+        start = window_offsets[window]
+        flat[start:start + len(predicted)] = predicted
+        times_predicted[start:start + len(predicted)] += 1
+    if len(windows) != len(window_predictions) or (times_predicted != 1).any():
+        raise RuntimeError(f"{int((times_predicted == 0).sum())} words received no prediction and "
+                           f"{int((times_predicted > 1).sum())} more than one")
     return np.split(flat, sentence_offsets[1:-1])
+
+
+def predict_encoded(
+    model: torch.nn.Module,
+    encoded: Encoded,
+    pad_id: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> list[np.ndarray]:
+    """Predict a label id for every word of every sentence.
+
+    Returns:
+        For each sentence, its words' predicted label ids.
+    """
+    windows = np.arange(len(encoded))
+    predictions = predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast)
+    return assemble_words(encoded, windows, predictions)
 
 
 def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:
@@ -142,6 +193,7 @@ def evaluate(
     amp_dtype: str = "auto",
     strict: bool = False,
     predictions_out: str | None = None,
+    confusion_out: str | None = None,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -156,6 +208,8 @@ def evaluate(
         device, amp, amp_dtype: as for training.
         strict: score entities by strict IOB2 rules instead of seqeval's default.
         predictions_out: write one JSON line a sentence, `{"tokens", "gold", "pred"}`.
+        confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
+            without it a warning says how to install it).
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
@@ -197,5 +251,13 @@ def evaluate(
                                              "pred": [labels[i] for i in pred]}, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise ConfigError(f"{predictions_out}: cannot write predictions ({exc.strerror})") from None
+    if confusion_out:
+        from .reports import confusion_counts, plot_confusion
+
+        labels = label_set.labels
+        confusion = confusion_counts([[labels[i] for i in ids] for ids in prepared.encoded.gold],
+                                     [[labels[i] for i in ids] for ids in predicted], label_set.classes)
+        if plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion"):
+            logger.info("drew the entity confusion matrix into %s", confusion_out)
     return {**metrics, "split": loaded.name, "data": data, "sentences": len(loaded.sentences),
             "words_in_split": loaded.num_words, "strict": strict}

@@ -140,3 +140,35 @@ def auto_label_set(tag_sequences: Iterable[Sequence[str]]) -> LabelSet:
 def label_set_from_labels(name: str, labels: Sequence[str]) -> LabelSet:
     """A label set rebuilt from a saved model's `id2label` (the order is the model's)."""
     return LabelSet(name, tuple(labels), remap_multinerd=False)
+
+
+def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The entities of a tag sequence as `(class, first_word, end_word)`, end exclusive.
+
+    Read leniently, like seqeval's default and transformers' token-classification pipeline: an
+    entity starts at `B-X`, or at `I-X` after `O` or after another class, and goes on over
+    `I-X`. A tag with no `B-`/`I-` prefix (other than `O`) reads as `I-`, as the pipeline does.
+
+    Args:
+        tags: one tag a word.
+
+    Returns:
+        The entities in order; `tags[first_word:end_word]` are an entity's words.
+    """
+    spans: list[tuple[str, int, int]] = []
+    current: tuple[str, int] | None = None
+    for index, tag in enumerate(tags):
+        if tag == "O":
+            prefix, cls = "O", None
+        elif tag.startswith(("B-", "I-")):
+            prefix, cls = tag[0], tag[2:]
+        else:
+            prefix, cls = "I", tag
+        if current is not None and (cls != current[0] or prefix == "B"):
+            spans.append((current[0], current[1], index))
+            current = None
+        if cls is not None and current is None:
+            current = (cls, index)
+    if current is not None:
+        spans.append((current[0], current[1], len(tags)))
+    return spans

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -14,15 +19,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .cache import cached_encode, resolve_cache_dir
 from .config import TrainConfig
 from .data import Split, SplitNotFound, all_tags, load_split
-from .errors import ConfigError, DataError
-from .evaluation import predict_encoded
+from .checkpoint import (
+    CheckpointError, checkpoint_path, differences, find_resumable, fingerprint, list_checkpoints, load_checkpoint,
+    prune, rng_state, save_checkpoint,
+)
+from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .runtime import Precision, configure_threads, pad_multiple, resolve_device, resolve_precision, seed_everything
+from .reports import write_reports
+from .runtime import Precision, configure_threads, pad_multiple, resolve_precision, seed_everything
 from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -86,9 +96,14 @@ def effective_max_length(requested: int, tokenizer, model) -> int:
 
 
 def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: int, batch_size: int,
-                      device: torch.device, precision: Precision, strict: bool = False) -> tuple[dict, list[np.ndarray]]:
-    """Predict every word of a prepared split and score it; returns (metrics, predicted ids)."""
-    predicted = predict_encoded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast())
+                      device: torch.device, precision: Precision, strict: bool = False,
+                      world: distributed.World | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Predict every word of a prepared split and score it; returns (metrics, predicted ids).
+
+    Under torchrun (`world`) the ranks share the windows and every rank gets all predictions.
+    """
+    predicted = distributed.predict_sharded(model, prepared.encoded, pad_id, batch_size, device, precision.autocast(),
+                                            world)
     # seqeval's scores, vectorised for BIO label sets (seqeval itself walks every word in Python).
     metrics = score_predictions(prepared.encoded.gold, predicted, label_set.labels, strict=strict)
     if metrics["words"] != prepared.split.num_words:  # pragma: no cover - guarded by construction
@@ -134,28 +149,147 @@ def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set
         handle.write("\n")
 
 
+
+# fp16 loss scaling halves the scale at every skipped step; this many in a row means the run is
+# not recovering (the scale has fallen by 2**25) and continuing would waste the machine.
+MAX_CONSECUTIVE_SKIPPED = 25
+
+
+class _StopRequest:
+    """Signal handler that asks the loop to stop after the current step; a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        logger.warning("%s received: finishing the current step, then writing a checkpoint (send again to stop now)",
+                       signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be installed from the main thread
+        return
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_output_dir(config: TrainConfig) -> None:
+    """Check the folder can be written and does not hold another run's checkpoints by accident."""
+    _check_writable(config.output_dir)
+    existing = list_checkpoints(config.output_dir)
+    if existing and not (config.resume or config.overwrite):
+        raise ConfigError(
+            f"{config.output_dir}: holds checkpoints of another run ({len(existing)}); pass --resume to continue "
+            f"it or --overwrite to delete them and start over"
+        )
+    if config.overwrite:
+        shutil.rmtree(os.path.join(config.output_dir, "checkpoints"), ignore_errors=True)
+
+
+def _batch_order_digest(batches: list[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for batch in batches:
+        digest.update(np.asarray(batch, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def _fresh_state(config: TrainConfig, data_fingerprint: dict) -> dict:
+    return {
+        "epoch": 1,               # the epoch in progress (or the next one, after an epoch-end checkpoint)
+        "batches_done": 0,        # micro-batches of that epoch's batch order already trained on
+        "global_step": 0,         # optimizer steps
+        "best_f1": -1.0,
+        "best_epoch": 0,
+        "best_checkpoint": None,
+        "history": [],
+        "epoch_loss": 0.0,
+        "epoch_words": 0,
+        "epoch_seconds": 0.0,
+        "train_words": 0,
+        "train_seconds": 0.0,
+        "skipped_steps": 0,
+        "loss_by_step": [],
+        "config": config.run_settings(),
+        "fingerprint": data_fingerprint,
+    }
+
+
+def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_fingerprint: dict,
+            world: distributed.World) -> dict | None:
+    """Restore the newest complete checkpoint; None when there is nothing to resume."""
+    found = find_resumable(config.output_dir)
+    if found.path is None:
+        if found.skipped:
+            raise CheckpointError(f"{config.output_dir}: no complete checkpoint to resume from "
+                                  f"({'; '.join(found.skipped)}); pass --overwrite to start over")
+        logger.info("--resume: no checkpoint in %s yet, starting a new run", config.output_dir)
+        return None
+    state = load_checkpoint(found.path, model, optimizer, scheduler, scaler, rank=world.rank)
+    changed = differences(state["config"], config.run_settings())
+    changed += differences({"fingerprint": state["fingerprint"]}, {"fingerprint": data_fingerprint})
+    if changed:
+        listing = "; ".join(changed)
+        if not config.force:
+            raise CheckpointError(f"{found.path}: refusing to resume with a different configuration or data "
+                                  f"({listing}); pass --force to resume anyway")
+        logger.warning("--force: resuming although these differ: %s", listing)
+    logger.info("resuming from %s (epoch %d, %d batches into it, step %d)", found.path, state["epoch"],
+                state["batches_done"], state["global_step"])
+    return state
+
+
 def train(config: TrainConfig) -> dict:
     """Fine-tune `config.model` for NER on `config.data` and save the best epoch's model.
 
     The validation split is scored after every epoch; the epoch with the best validation F1 is
-    kept in `config.output_dir` and scored on the test split at the end.
+    kept in `config.output_dir` and scored on the test split at the end. A checkpoint is written
+    atomically at the end of every epoch (and every `save_steps` steps); `resume` continues from
+    the newest complete one, bit for bit on a CPU in fp32.
 
     Args:
         config: every option of the run.
 
     Returns:
         The contents of `metrics.json`: per-epoch validation metrics, final `test` metrics
-        (None without a test split), words scored, wall time and training words/s.
+        (None without a test split), words scored, wall time, training words/s and the loss of
+        every optimizer step; plus `reports`, the model card and plots written beside it.
+
+    Started by `torchrun`, every rank calls this: it joins the process group (NCCL on CUDA, gloo
+    on the CPU), trains its share of each batch with DDP, and leaves the group at the end if it
+    created it. Only rank 0 writes files; every rank returns the same metrics.
 
     Raises:
-        NerlibError: bad data, flags, model or output folder (one-line messages).
+        NerlibError: bad data, flags, model or output folder (one-line messages);
+            TrainingInterrupted after SIGTERM/SIGINT (a checkpoint was written);
+            NonFiniteLoss on a NaN/inf loss or endless fp16 overflow.
     """
+    world = distributed.setup(config.device)
+    try:
+        return _train(config, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(config: TrainConfig, world: distributed.World) -> dict:
     started = time.perf_counter()
     configure_threads(config.num_threads)
-    device = resolve_device(config.device)
+    device = world.device
     precision = resolve_precision(device, config.amp, config.amp_dtype)
     output_dir = config.output_dir
-    _check_writable(output_dir)
+    if world.is_main:
+        _prepare_output_dir(config)
+    distributed.barrier(world)
 
     train_split, val_split, test_split = _read_splits(config)
     label_set = resolve_label_set(config.labels, [s for s in (train_split, val_split, test_split) if s])
@@ -164,6 +298,9 @@ def train(config: TrainConfig) -> dict:
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
+    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
+    train_model = distributed.wrap_model(model, world)
+    distributed.seed_rank(config.seed, world)
     max_length = effective_max_length(config.max_length, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -180,7 +317,9 @@ def train(config: TrainConfig) -> dict:
     encoded = train_data.encoded
     lengths = encoded.lengths
     words_per_window = encoded.words_per_window()
-    batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    # Batches are global (batch_size windows on each of world.size ranks); each rank trains its share.
+    global_batch = config.batch_size * world.size
+    batches_per_epoch = distributed.num_shared_batches(len(encoded), global_batch, world.size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(config.warmup_ratio * total_steps)
@@ -188,106 +327,198 @@ def train(config: TrainConfig) -> dict:
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
     scaler = precision.grad_scaler()
     pad_to = pad_multiple(device)
+
+    data_fingerprint = fingerprint((train_split, val_split, test_split), tokenizer, label_set.labels)
+    data_fingerprint["world_size"] = world.size  # batch order and RNG streams depend on it
+    state = _resume(config, model, optimizer, scheduler, scaler, data_fingerprint, world) if config.resume else None
+    state = state or _fresh_state(config, data_fingerprint)
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
+    if world.distributed:
+        logger.info("global batch %d windows per step: %d per device x world size %d x accumulation %d",
+                    global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
-    history: list[dict] = []
-    best_f1, best_epoch = -1.0, 0
-    train_words, train_seconds = 0, 0.0
-    bar = tqdm(total=batches_per_epoch * config.epochs, desc="train", unit="batch", disable=not config.progress,
-               dynamic_ncols=True)
+    def checkpoint() -> str:
+        # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
+        rank_rngs = distributed.gather_to_main(rng_state(), world)
+        path = checkpoint_path(output_dir, state["global_step"])
+        if world.is_main:
+            save_checkpoint(output_dir, state["global_step"], model, optimizer, scheduler, scaler, state,
+                            rank_rngs if world.distributed else None)
+            prune(output_dir, config.keep_checkpoints, state["best_checkpoint"])
+        distributed.barrier(world)
+        return path
+
+    done_batches = (state["epoch"] - 1) * batches_per_epoch + state["batches_done"]
+    bar = tqdm(total=batches_per_epoch * config.epochs, initial=done_batches, desc="train", unit="batch",
+               disable=not (config.progress and world.is_main), dynamic_ncols=True)
+    consecutive_skipped = 0
     model.train()
-    for epoch in range(1, config.epochs + 1):
-        if config.group_by_length:
-            batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
-        else:
-            batches = shuffled_batches(len(encoded), config.batch_size, config.seed, epoch)
-        epoch_padding = padding_efficiency(lengths, batches, pad_to)
-        epoch_started = time.perf_counter()
-        epoch_loss, epoch_words = 0.0, 0
-        for group_start in range(0, len(batches), config.grad_accum):
-            group = batches[group_start:group_start + config.grad_accum]
-            # Normalise by the labelled words of the whole accumulation group, so every word
-            # weighs the same however the group's batches are cut.
-            group_words = int(sum(words_per_window[b].sum() for b in group))
-            group_loss = 0.0
-            for batch_indices in group:
-                batch = collate([encoded.input_ids[i] for i in batch_indices],
-                                [encoded.labels[i] for i in batch_indices], pad_id, pad_to)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with precision.autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                           ignore_index=IGNORE_INDEX, reduction="sum")
-                scaler.scale(loss_sum / group_words).backward()
-                group_loss += loss_sum.item()
-                bar.update(1)
-            if config.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(group_loss) and not precision.uses_scaler:
-                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {group_start // config.grad_accum + 1}")
-            epoch_loss += group_loss
-            epoch_words += group_words
-            elapsed = time.perf_counter() - epoch_started
-            bar.set_postfix(loss=f"{group_loss / group_words:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            words_s=f"{(train_words + epoch_words) / (train_seconds + elapsed):.0f}", refresh=False)
-        epoch_seconds = time.perf_counter() - epoch_started
-        train_words += epoch_words
-        train_seconds += epoch_seconds
-        record = {"epoch": epoch, "train_loss": epoch_loss / max(1, epoch_words),
-                  "train_words_per_s": epoch_words / epoch_seconds, "padding_efficiency": epoch_padding}
-        if val_data is not None:
-            record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size, device, precision)
-            f1 = record["val"]["f1"]
-            logger.info("epoch %d: loss %.4f, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
-                        record["train_loss"], f1, record["val"]["precision"], record["val"]["recall"],
-                        record["val"]["words"])
-        else:
-            f1 = float(epoch)  # no validation split: the last epoch is the best
-            logger.info("epoch %d: loss %.4f", epoch, record["train_loss"])
-        history.append(record)
-        if f1 > best_f1:
-            best_f1, best_epoch = f1, epoch
-            save_model(model, tokenizer, output_dir, config, label_set)
+    with _graceful_stop() as stop:
+        while state["epoch"] <= config.epochs:
+            epoch = state["epoch"]
+            if config.group_by_length:
+                batches = length_grouped_batches(lengths, global_batch, config.seed, epoch)
+            else:
+                batches = shuffled_batches(len(encoded), global_batch, config.seed, epoch)
+            order_digest = _batch_order_digest(batches)
+            batches = distributed.shard_batches(batches, world.rank, world.size)
+            epoch_padding = padding_efficiency(lengths, batches, pad_to)
+            segment_started = time.perf_counter()
+            for group_start in range(state["batches_done"], len(batches), config.grad_accum):
+                group = batches[group_start:group_start + config.grad_accum]
+                # Normalise by the labelled words of the whole accumulation group, so every word
+                # weighs the same however the group's batches are cut.
+                # Under torchrun: the words of the group on all ranks (distributed.loss_scale says why).
+                group_words = int(distributed.all_reduce_sum(int(sum(words_per_window[b].sum() for b in group)), world))
+                group_loss = 0.0
+                for micro, batch_indices in enumerate(group):
+                    batch = collate([encoded.input_ids[i] for i in batch_indices],
+                                    [encoded.labels[i] for i in batch_indices], pad_id, pad_to)
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    with distributed.gradient_sync(train_model, sync=micro == len(group) - 1):
+                        with precision.autocast():
+                            logits = train_model(input_ids=batch["input_ids"],
+                                                 attention_mask=batch["attention_mask"]).logits
+                        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                                   ignore_index=IGNORE_INDEX, reduction="sum")
+                        scaler.scale(loss_sum * distributed.loss_scale(group_words, world)).backward()
+                    group_loss += loss_sum.item()
+                # The loss of the whole step on all ranks: every rank sees the same value, so all
+                # stop together on a non-finite loss.
+                group_loss = distributed.all_reduce_sum(group_loss, world)
+                step = state["global_step"] + 1
+                if not math.isfinite(group_loss) and not precision.uses_scaler:
+                    last = list_checkpoints(output_dir)
+                    raise NonFiniteLoss(
+                        f"{'NaN' if math.isnan(group_loss) else 'infinite'} loss at step {step} (epoch {epoch}, "
+                        f"batch {group_start + 1} of {len(batches)}); the weights were not updated"
+                        + (f"; the last good checkpoint is {last[-1]}" if last else "")
+                        + "; try a lower --lr, or check the data of that batch"
+                    )
+                if config.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                scale_before = scaler.get_scale() if precision.uses_scaler else None
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if precision.uses_scaler and scaler.get_scale() < scale_before:
+                    # The scaler found inf/NaN gradients, skipped this update and lowered the scale.
+                    state["skipped_steps"] += 1
+                    consecutive_skipped += 1
+                    if consecutive_skipped >= MAX_CONSECUTIVE_SKIPPED:
+                        raise NonFiniteLoss(
+                            f"fp16 loss scaling skipped {consecutive_skipped} steps in a row up to step {step} "
+                            f"(scale now {scaler.get_scale():g}): the gradients overflow at any scale; "
+                            f"use --amp-dtype bf16, a lower --lr, or no --amp"
+                        )
+                else:
+                    consecutive_skipped = 0
+                state["global_step"] = step
+                state["batches_done"] = group_start + len(group)
+                state["epoch_loss"] += group_loss
+                state["epoch_words"] += group_words
+                state["loss_by_step"].append([step, group_loss / group_words])
+                bar.update(len(group))
+                seconds = state["train_seconds"] + state["epoch_seconds"] + time.perf_counter() - segment_started
+                postfix = {"loss": f"{group_loss / group_words:.4f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}",
+                           "words/s": f"{(state['train_words'] + state['epoch_words']) / seconds:.0f}"}
+                if state["skipped_steps"]:
+                    postfix["skipped"] = state["skipped_steps"]
+                bar.set_postfix(postfix, refresh=False)
+                save_now = config.save_steps and step % config.save_steps == 0
+                stopping = distributed.any_true(stop.signal is not None, world)  # all ranks stop at one step
+                if (save_now or stopping) and state["batches_done"] < len(batches):
+                    state["epoch_seconds"] += time.perf_counter() - segment_started
+                    segment_started = time.perf_counter()
+                    path = checkpoint()
+                    if stopping:
+                        bar.close()
+                        raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
+            state["epoch_seconds"] += time.perf_counter() - segment_started
+            record = {"epoch": epoch, "train_loss": state["epoch_loss"] / max(1, state["epoch_words"]),
+                      "train_words_per_s": state["epoch_words"] / max(state["epoch_seconds"], 1e-9),
+                      "batch_order": order_digest, "padding_efficiency": epoch_padding}
+            if state["skipped_steps"]:
+                record["skipped_steps_so_far"] = state["skipped_steps"]
+            if val_data is not None:
+                record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size,
+                                                     device, precision, world=world)
+                f1 = record["val"]["f1"]
+                logger.info("epoch %d: loss %.4f, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
+                            record["train_loss"], f1, record["val"]["precision"], record["val"]["recall"],
+                            record["val"]["words"])
+            else:
+                f1 = float(epoch)  # no validation split: the last epoch is the best
+                logger.info("epoch %d: loss %.4f", epoch, record["train_loss"])
+            state["history"].append(record)
+            state["train_words"] += state["epoch_words"]
+            state["train_seconds"] += state["epoch_seconds"]
+            state.update(epoch=epoch + 1, batches_done=0, epoch_loss=0.0, epoch_words=0, epoch_seconds=0.0)
+            improved = f1 > state["best_f1"]
+            if improved:
+                state["best_f1"], state["best_epoch"] = f1, epoch
+                if world.is_main:
+                    save_model(model, tokenizer, output_dir, config, label_set)
+                state["best_checkpoint"] = f"checkpoint-{state['global_step']:08d}"
+            path = checkpoint()
+            if distributed.any_true(stop.signal is not None, world) and epoch < config.epochs:
+                bar.close()
+                raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, state["global_step"],
+                                                               path))
     bar.close()
 
+    best_epoch = state["best_epoch"]
     if best_epoch != config.epochs:
         logger.info("reloading epoch %d, the best by validation f1", best_epoch)
         from transformers import AutoModelForTokenClassification
 
-        model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
-    test_metrics, test_seconds = None, 0.0
+        distributed.barrier(world)
+        if world.is_main:
+            model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+        distributed.broadcast_model(model, world)
+    test_metrics, test_predicted, test_seconds = None, None, 0.0
     if test_data is not None:
         test_started = time.perf_counter()
-        test_metrics, _ = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device, precision)
+        test_metrics, test_predicted = evaluate_prepared(model, test_data, label_set, pad_id, config.eval_batch_size, device,
+                                            precision, world=world)
         test_seconds = time.perf_counter() - test_started
         logger.info("test: f1 %.4f, scored %d of %d words", test_metrics["f1"], test_metrics["words"],
                     test_split.num_words)
+    history = state["history"]
     metrics = {
         "label_set": label_set.name,
         "labels": list(label_set.labels),
         "precision_mode": precision.name,
         "device": str(device),
+        "world_size": world.size,
         "best_epoch": best_epoch,
         "epochs": history,
         "val": history[best_epoch - 1].get("val"),
         "test": test_metrics,
         "test_words_in_split": test_split.num_words if test_split else 0,
-        "train_words": train_words,
-        "train_seconds": train_seconds,
-        "train_words_per_s": train_words / train_seconds if train_seconds else 0.0,
+        "train_words": state["train_words"],
+        "train_seconds": state["train_seconds"],
+        "train_words_per_s": state["train_words"] / state["train_seconds"] if state["train_seconds"] else 0.0,
         "test_seconds": test_seconds,
         "test_words_per_s": test_metrics["words"] / test_seconds if test_metrics else 0.0,
+        "train_loss_by_step": state["loss_by_step"],
+        "skipped_steps": state["skipped_steps"],
         "wall_time_s": time.perf_counter() - started,
         "output_dir": output_dir,
     }
-    with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2)
-        handle.write("\n")
+    if world.is_main:
+        with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(metrics, handle, indent=2)
+            handle.write("\n")
+        metrics["reports"] = write_reports(output_dir, config.to_dict(), label_set, metrics,
+                                           test_data.encoded.gold if test_data else None, test_predicted)
     return metrics
+
+
+def _interrupted_message(signum: int, step: int, path: str) -> str:
+    return (f"{signal.Signals(signum).name} after step {step}; checkpoint written to {path}; "
+            f"resume with the same command plus --resume")

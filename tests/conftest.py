@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +16,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["NERLIB_CACHE"] = ""
 
 from nerlib.labels import MULTINERD_TAGS  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_command(script: str, *args) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+
+
+def cli_env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+
+
+def run_cli(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train.py or evaluate.py of this checkout in a fresh interpreter."""
+    return subprocess.run(cli_command(script, *args), cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 # Words of the fixture language; each class has its own words so a tiny model can learn them.
 ENTITY_WORDS = {

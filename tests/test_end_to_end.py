@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,10 +10,7 @@ from safetensors.torch import load_file
 import nerlib
 from nerlib.config import TrainConfig
 
-from conftest import write_column_folder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from conftest import run_cli, write_column_folder
 
 def tiny_config(data, model, out, **overrides):
     values = dict(labels="five", data=data, model=model, output_dir=str(out), epochs=2, lr=5e-3, batch_size=8,
@@ -73,20 +68,15 @@ def test_all_label_set_and_auto_on_column_files(tiny_encoder, tmp_path):
     assert "B-MISC" in metrics["labels"]
 
 
-def _cli(*args, cwd=ROOT):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_cli_train_evaluate_and_rescore_predictions(hub_folder, tiny_encoder, tmp_path):
     out = tmp_path / "cli-run"
-    result = _cli("train.py", "--labels", "all", "--data", hub_folder, "--model", tiny_encoder, "--output-dir",
+    result = run_cli("train.py", "--labels", "all", "--data", hub_folder, "--model", tiny_encoder, "--output-dir",
                   str(out), "--epochs", "1", "--lr", "5e-3", "--batch-size", "8", "--max-length", "16", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "scored" in result.stdout and "test words" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = tmp_path / "p.jsonl"
-    result = _cli("evaluate.py", str(out), "--predictions-out", str(predictions), "--json")
+    result = run_cli("evaluate.py", str(out), "--predictions-out", str(predictions), "--json")
     assert result.returncode == 0, result.stderr
     scored = json.loads(result.stdout)
     assert scored["f1"] == pytest.approx(metrics["test"]["f1"])
@@ -105,7 +95,7 @@ def test_cli_train_evaluate_and_rescore_predictions(hub_folder, tiny_encoder, tm
 ])
 def test_cli_user_errors_are_one_line(args, message, hub_folder, tiny_encoder, tmp_path):
     base = ["--data", hub_folder, "--model", tiny_encoder, "--output-dir", str(tmp_path / "o"), "--no-progress"]
-    result = _cli("train.py", *base, *args)
+    result = run_cli("train.py", *base, *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 or result.stderr.strip().splitlines()[-1].startswith("train.py: error:")
@@ -115,13 +105,13 @@ def test_cli_bad_data_line_is_reported(tiny_encoder, tmp_path):
     folder = write_column_folder(tmp_path / "c")
     with open(os.path.join(folder, "train.txt"), "a", encoding="utf-8") as handle:
         handle.write("broken line with many columns\tO\tO\tO\n")
-    result = _cli("train.py", "--labels", "auto", "--data", folder, "--model", tiny_encoder, "--output-dir",
+    result = run_cli("train.py", "--labels", "auto", "--data", folder, "--model", tiny_encoder, "--output-dir",
                   str(tmp_path / "o"), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train.txt:" in result.stderr and "got 4" in result.stderr
 
 
 def test_evaluate_cli_missing_model_folder(tmp_path):
-    result = _cli("evaluate.py", str(tmp_path / "missing"), "--data", str(tmp_path))
+    result = run_cli("evaluate.py", str(tmp_path / "missing"), "--data", str(tmp_path))
     assert result.returncode == 2 and "model folder does not exist" in result.stderr
     assert "Traceback" not in result.stderr

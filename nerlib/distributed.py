@@ -1,0 +1,293 @@
+"""Data-parallel training under `torchrun`: process group, rank info, batch sharding, gathers.
+
+Every helper is a no-op in a single process, so the training loop reads the same with one rank
+or many. The scheme:
+
+- Every rank builds the same seeded list of *global* batches of `batch_size x world_size` windows,
+  and takes the windows `global_batch[rank::world_size]` of each. A run on N ranks with
+  `--batch-size B` therefore sees exactly the batches of a one-process run with `--batch-size N*B`,
+  and the ranks of a length-grouped batch get windows of similar length (no rank waits for
+  another's long windows). A global batch smaller than the world (at most one an epoch) is
+  dropped, so every rank runs the same number of steps.
+- The loss of a step is the summed loss over the labelled words of the whole step on all ranks,
+  divided by that word count; DDP averages gradients over ranks, so each rank scales its share by
+  `world_size` (see `loss_scale`).
+- Evaluation windows are dealt to ranks by index; each rank predicts its own and the
+  `(window index, predictions)` pairs are gathered on every rank, so every word is scored exactly
+  once and every rank computes the same metrics (and agrees on the best epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+from .evaluation import assemble_words, predict_encoded, predict_windows
+from .features import Encoded
+from .runtime import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands among the ranks of a run.
+
+    Attributes:
+        rank: global rank, 0 to size - 1.
+        size: number of ranks (1 without torchrun).
+        local_rank: rank on this machine; the CUDA device index under torchrun.
+        device: the device this rank computes on.
+        owns_group: True when `setup` created the process group (and `teardown` destroys it).
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """The one rank that prints, draws progress bars and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun announces it (`RANK`), 0 without torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 and in any process not started by torchrun."""
+    return env_rank() == 0
+
+
+def _distributed_device(name: str, local_rank: int) -> torch.device:
+    """`cuda:LOCAL_RANK` when CUDA is asked for (or `auto` finds it), else the CPU."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if name not in ("auto", "cuda"):
+        raise ConfigError(f"--device {name}: under torchrun every rank uses cuda:LOCAL_RANK; pass --device cuda "
+                          f"(or auto), or --device cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible: "
+                          f"--nproc-per-node must not exceed the GPUs of the machine")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device_name: str = "auto") -> World:
+    """Join the process group when started by torchrun; otherwise describe a single process.
+
+    Reads `RANK`, `WORLD_SIZE` and `LOCAL_RANK` (torchrun sets them, with `MASTER_ADDR` and
+    `MASTER_PORT`). The backend follows the device: NCCL on CUDA, gloo on the CPU. A process group
+    initialised by the caller is used as it is.
+
+    Args:
+        device_name: `--device`: auto, cpu, cuda or cuda:N (cuda:N only in a single process).
+
+    Returns:
+        The rank, world size, device, and whether this call created the process group.
+
+    Raises:
+        ConfigError: a device that cannot serve this rank.
+    """
+    already = dist.is_available() and dist.is_initialized()
+    size = dist.get_world_size() if already else int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World(device=resolve_device(device_name))
+    rank = dist.get_rank() if already else int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = _distributed_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not already:
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    logger.info("rank %d of %d (local rank %d) on %s, backend %s", rank, size, local_rank, device,
+                dist.get_backend())
+    return World(rank=rank, size=size, local_rank=local_rank, device=device, owns_group=not already)
+
+
+def teardown(world: World) -> None:
+    """Destroy the process group if `setup` created it."""
+    if world.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """The model wrapped in DistributedDataParallel under torchrun, the model itself otherwise.
+
+    Keep the unwrapped model for saving, evaluation and clipping: the wrapper only trains.
+    """
+    if not world.distributed:
+        return model
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's all-reduce on the micro-batches before the last of an accumulation group."""
+    if sync or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def seed_rank(seed: int, world: World) -> None:
+    """Give each rank its own dropout stream (the weights are already equal on every rank)."""
+    if world.distributed:
+        torch.manual_seed(seed + world.rank)
+
+
+def shard_batches(batches: Sequence[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
+    """This rank's share of each global batch: `batch[rank::world_size]`.
+
+    Every rank gets the same number of steps: a global batch with fewer windows than ranks (only
+    the last, short batch can be) is dropped, as it would leave some rank with nothing to do.
+
+    Args:
+        batches: the global batches of an epoch, the same list on every rank.
+        rank: this rank.
+        world_size: number of ranks.
+
+    Returns:
+        One index array a step; the shares of all ranks are disjoint and cover every kept batch.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size}")
+    return [np.asarray(batch)[rank::world_size] for batch in batches if len(batch) >= world_size]
+
+
+def num_shared_batches(num_windows: int, global_batch: int, world_size: int) -> int:
+    """How many steps a rank runs an epoch (what `shard_batches` keeps), for the schedule."""
+    full, tail = divmod(num_windows, global_batch)
+    return full + (1 if tail >= world_size else 0)
+
+
+def _reduce_device(world: World) -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+    return world.device if world.device.type == "cuda" else torch.device("cpu")
+
+
+def all_reduce_sum(value: float, world: World) -> float:
+    """The sum of `value` over all ranks (`value` itself in a single process)."""
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=_reduce_device(world))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.item()
+
+
+def loss_scale(group_words: int, world: World) -> float:
+    """What multiplies a rank's summed loss so the step's gradient is per labelled word of the step.
+
+    `group_words` counts the labelled words of the whole step on all ranks. DDP averages the
+    ranks' gradients (divides their sum by the world size), so each rank multiplies by the world
+    size: the step then follows the gradient of (loss summed over all ranks) / group_words, the
+    gradient of one process running the whole global batch.
+    """
+    return world.size / group_words
+
+
+def broadcast_model(model: torch.nn.Module, world: World) -> None:
+    """Copy rank 0's weights and buffers into every rank's model (after rank 0 reloaded the best epoch)."""
+    if not world.distributed:
+        return
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def shard_windows(encoded: Encoded, rank: int, world_size: int) -> np.ndarray:
+    """This rank's evaluation windows: every `world_size`-th window, longest first.
+
+    Dealing the length-sorted windows in turn gives each rank a similar amount of work; the
+    shards are disjoint and cover every window, with no padding (so no window is counted twice).
+    """
+    order = np.argsort(-encoded.lengths, kind="stable")
+    return order[rank::world_size]
+
+
+def predict_sharded(model: torch.nn.Module, encoded: Encoded, pad_id: int, batch_size: int, device: torch.device,
+                    autocast: contextlib.AbstractContextManager | None, world: World | None) -> list[np.ndarray]:
+    """Predict every word of a split with the work shared among ranks; every rank gets the whole result.
+
+    Args:
+        model: the unwrapped model (its forward must not involve other ranks).
+        encoded: the split's windows, the same on every rank.
+        pad_id, batch_size, device, autocast: as for `predict_encoded`.
+        world: the ranks; None or a single process predicts everything here.
+
+    Returns:
+        For each sentence, its words' predicted label ids (as `predict_encoded`).
+
+    Raises:
+        RuntimeError: a word predicted by no rank or by more than one.
+    """
+    if world is None or not world.distributed:
+        return predict_encoded(model, encoded, pad_id, batch_size, device, autocast)
+    mine = shard_windows(encoded, world.rank, world.size)
+    predictions = predict_windows(model, encoded, mine, pad_id, batch_size, device, autocast)
+    flat = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, (mine, flat))
+    return assemble_words(encoded, *merge_shards(encoded, gathered))
+
+
+def merge_shards(encoded: Encoded,
+                 gathered: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Join the ranks' `(window indices, flat word predictions)` into per-window predictions.
+
+    Returns:
+        `(windows, predictions)`: all the gathered window indices and, for each, its words' ids.
+    """
+    words_per_window = encoded.words_per_window()
+    windows, predictions = [], []
+    for indices, flat in gathered:
+        indices = np.asarray(indices, dtype=np.int64)
+        counts = words_per_window[indices]
+        if int(counts.sum()) != len(flat):
+            raise RuntimeError(f"a rank sent {len(flat)} predictions for windows of {int(counts.sum())} words")
+        windows.append(indices)
+        predictions.extend(np.split(flat, np.cumsum(counts)[:-1]) if len(indices) else [])
+    return (np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)), predictions
+
+
+def barrier(world: World) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world.distributed:
+        dist.barrier()
+
+
+def any_true(flag: bool, world: World) -> bool:
+    """True on every rank when it is true on any (a signal seen by one rank stops all at one step)."""
+    if not world.distributed:
+        return flag
+    return all_reduce_sum(1.0 if flag else 0.0, world) > 0
+
+
+def gather_to_main(value, world: World) -> list | None:
+    """Every rank's `value`, in rank order, on rank 0 (None on the others); `[value]` in a single process."""
+    if not world.distributed:
+        return [value]
+    gathered = [None] * world.size if world.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered

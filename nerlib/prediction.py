@@ -1,0 +1,347 @@
+"""Raw text to entities: split words like the training data, window, predict, group tags into spans.
+
+    entities = nerlib.predict("runs/nerlib", ["Angela Merkel visited Paris."])
+    # [[Entity(type='PER', text='Angela Merkel', start=0, end=13, score=0.99, word_start=0, word_end=2),
+    #   Entity(type='LOC', text='Paris', start=22, end=27, ...)]]
+
+Words are cut the way MultiNERD and CoNLL are tokenised (see `split_words`), so the model sees
+words like the ones it was trained on; every entity keeps the character offsets of its first and
+last word in the original string, so `text[start:end]` is always the entity's text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+
+from .data import Sentence
+from .features import IGNORE_INDEX, Encoded, collate, encode, sorted_batches
+from .labels import LabelSet, entity_spans
+
+logger = logging.getLogger(__name__)
+
+
+def _combining_marks() -> str:
+    """A regex character-class body of the Basic Multilingual Plane's combining marks (M*)."""
+    ranges, start, previous = [], None, None
+    for code in range(0x10000):
+        if unicodedata.category(chr(code)).startswith("M"):
+            if start is None:
+                start = code
+            previous = code
+        elif start is not None:
+            ranges.append(f"\\u{start:04x}-\\u{previous:04x}" if previous > start else f"\\u{start:04x}")
+            start = None
+    return "".join(ranges)
+
+
+# CJK ideographs are words of one character each, as in MultiNERD's Chinese data and BERT.
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_CLITIC = r"(?i:s|m|d|ll|re|ve)(?!\w)"
+_TITLES = ("Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Mt|Ft|No|Nos|vs|Gen|Col|Capt|Lt|Sgt|Rev|Sen|Gov|Rep|Co|Corp|Inc|Ltd|Bros|"
+           "Ave|Jan|Feb|Aug|Sept|Oct|Nov|Dec")
+
+
+@functools.lru_cache(maxsize=1)
+def word_pattern() -> re.Pattern:
+    """The regular expression of a word (compiled on first use: listing the marks takes ~50 ms)."""
+    # A run is letters and digits (never ideographs), each with the combining marks that follow it.
+    run = rf"(?:[^\W{_CJK}][{_combining_marks()}]*)+"
+    return re.compile(
+        rf"""
+          (?<!\w)(?:[^\W\d_]\.){{2,}}(?!\w)           # letters with dots: U.S., i.e., F.C.
+        | (?<!\w)(?:{_TITLES})\.(?=\s+\w)             # a title before a word: Mr. Smith, St. Louis, No. 5
+        | (?<!\w)[A-Z]\.(?=\s+[A-Z])                  # an initial before a name: J. R. R. Tolkien
+        | {run}(?=(?i:n['’]t)(?!\w))                  # do|n't, ca|n't
+        | (?<=\w)(?i:n['’]t)(?!\w)
+        | (?<=\w)['’]{_CLITIC}                        # Smith|'s, I|'m, they|'re
+        | {run}(?:(?:[-‐‑–&/]|['’](?!{_CLITIC})|(?<=\d)[.,:](?=\d)){run})*
+                                                      # well-known, Paris–Roubaix, O'Neill, R&B, km/h, 5,000
+        | \S                                          # anything else is a word of one character
+        """,
+        re.VERBOSE,
+    )
+
+
+def split_words(text: str) -> list[tuple[int, int]]:
+    """Cut a text into words as MultiNERD and CoNLL are tokenised; returns each word's character span.
+
+    Whitespace separates words and is never part of one; punctuation is a word of its own, except
+    inside hyphenated words (`well-known`), names with apostrophes (`O'Neill`), numbers (`5,000`,
+    `3.5`), dotted abbreviations (`U.S.`, `i.e.`), titles and initials before a name (`Dr.`, `J.`);
+    clitics are split off (`Smith` `'s`, `do` `n't`). Invisible format and control characters
+    (zero-width space, byte-order mark) are no words.
+
+    Args:
+        text: any string.
+
+    Returns:
+        `(start, end)` of each word, so `text[start:end]` is the word.
+    """
+    spans = []
+    for match in word_pattern().finditer(text):
+        if all(unicodedata.category(ch) in ("Cc", "Cf") for ch in match.group()):
+            continue
+        spans.append(match.span())
+    return spans
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One predicted entity.
+
+    Attributes:
+        type: the entity class (`PER`, `LOC`, ...).
+        text: the entity as written in the input, `input[start:end]`.
+        start, end: character offsets into the input string (Python string indices, end exclusive);
+            for pre-split words, into the words joined with single spaces.
+        score: the mean, over the entity's words, of the probability of each word's predicted tag
+            at its first sub-token (what `transformers.pipeline(..., aggregation_strategy="first")`
+            reports).
+        word_start, word_end: the entity's words, `words[word_start:word_end]`.
+    """
+
+    type: str
+    text: str
+    start: int
+    end: int
+    score: float
+    word_start: int
+    word_end: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TextOrWords = Union[str, Sequence[str]]
+
+
+def predict(
+    model_dir: str,
+    texts: TextOrWords | Sequence[TextOrWords],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    device: str = "auto",
+    amp: bool = False,
+) -> list[list[Entity]] | list[Entity]:
+    """Find the entities of raw texts (or of pre-split word lists) with a saved model.
+
+    Texts longer than a window are cut into windows of whole words, like evaluation, never
+    truncated.
+
+    Args:
+        model_dir: a folder written by `nerlib.train` (or any token-classification model folder).
+        texts: a list of strings, a list of word lists, or one string.
+        batch_size: windows per inference batch.
+        max_length: window size in sub-tokens; by default the training one.
+        device, amp: as for evaluation (`auto` picks CUDA when present).
+
+    Returns:
+        For each text, its entities in order; for a single string, its entities.
+
+    Raises:
+        NerlibError: the model folder is missing or cannot be loaded, or a bad device.
+    """
+    single = isinstance(texts, str)
+    results = [entities for _, entities in
+               predict_stream(model_dir, [texts] if single else texts, batch_size, max_length, device, amp)]
+    return results[0] if single else results
+
+
+def predict_stream(
+    model_dir: str,
+    texts: Iterable[TextOrWords],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    device: str = "auto",
+    amp: bool = False,
+    chunk_size: int = 256,
+) -> Iterator[tuple[TextOrWords, list[Entity]]]:
+    """`predict` over a stream of texts: loads the model once, yields `(text, entities)` in order.
+
+    Texts are read `chunk_size` at a time, so a long stream never sits in memory whole.
+
+    Raises:
+        NerlibError: the model folder is missing or cannot be loaded, or a bad device.
+    """
+    from .loop import effective_max_length
+    from .modeling import load_trained, read_nerlib_info
+    from .runtime import resolve_device, resolve_precision
+
+    tokenizer, model, label_set = load_trained(model_dir)
+    device_ = resolve_device(device)
+    precision = resolve_precision(device_, amp)
+    model.to(device_)
+    trained_length = read_nerlib_info(model_dir).get("config", {}).get("max_length", 512)
+    window = effective_max_length(max_length or trained_length, tokenizer, model)
+    chunk: list[TextOrWords] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == chunk_size:
+            yield from zip(chunk, predict_loaded(tokenizer, model, label_set, chunk, window, batch_size, device_,
+                                                 precision.autocast()))
+            chunk = []
+    if chunk:
+        yield from zip(chunk, predict_loaded(tokenizer, model, label_set, chunk, window, batch_size, device_,
+                                             precision.autocast()))
+
+
+def predict_loaded(
+    tokenizer,
+    model: torch.nn.Module,
+    label_set: LabelSet,
+    texts: Sequence[TextOrWords],
+    max_length: int = 512,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> list[list[Entity]]:
+    """`predict` with a model already loaded (by `nerlib.modeling.load_trained`).
+
+    Args:
+        tokenizer, model, label_set: as `load_trained` returns them; the model on `device`.
+        texts: strings, or lists of words (offsets then index the words joined with spaces).
+        max_length: window size in sub-tokens, special tokens included.
+        batch_size: windows per inference batch.
+        device: where the model is.
+        autocast: a mixed-precision context for the forward passes, or None for fp32.
+
+    Returns:
+        For each text, its entities in order.
+    """
+    prepared = [_text_and_spans(item) for item in texts]
+    results: list[list[Entity]] = [[] for _ in prepared]
+    with_words = [index for index, (_, spans) in enumerate(prepared) if spans]  # a text with no words has no entities
+    if not with_words:
+        return results
+    # Gold tags are not used for prediction; the label set's first label stands in for them.
+    filler = label_set.labels[0]
+    sentences = []
+    for index in with_words:
+        text, spans = prepared[index]
+        sentences.append(Sentence(tuple(text[s:e] for s, e in spans), (filler,) * len(spans), "<input>", index + 1))
+    encoded = encode(sentences, label_set, tokenizer, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    label_ids, scores = predict_encoded_scores(model, encoded, pad_id, batch_size, device, autocast)
+    labels = label_set.labels
+    for index, ids, word_scores in zip(with_words, label_ids, scores):
+        text, spans = prepared[index]
+        results[index] = entities_from_tags(text, spans, [labels[i] for i in ids], word_scores)
+    return results
+
+
+def entities_from_tags(text: str, spans: Sequence[tuple[int, int]], tags: Sequence[str],
+                       scores: Sequence[float]) -> list[Entity]:
+    """Group word tags into entities with character offsets.
+
+    Args:
+        text: the original string.
+        spans: `(start, end)` of each word in `text`.
+        tags: the predicted tag of each word.
+        scores: the probability of each word's predicted tag.
+
+    Returns:
+        The entities, read leniently like seqeval and the transformers pipeline (`entity_spans`).
+    """
+    entities = []
+    for cls, first, end in entity_spans(tags):
+        start, stop = spans[first][0], spans[end - 1][1]
+        entities.append(Entity(cls, text[start:stop], start, stop, float(np.mean(scores[first:end])), first, end))
+    return entities
+
+
+def _text_and_spans(item: TextOrWords) -> tuple[str, list[tuple[int, int]]]:
+    """A raw string is split into words; a word list is joined with single spaces."""
+    if isinstance(item, str):
+        return item, split_words(item)
+    words = list(item)
+    if not all(isinstance(word, str) for word in words):
+        raise TypeError("predict takes strings or lists of word strings")
+    spans, offset = [], 0
+    for word in words:
+        spans.append((offset, offset + len(word)))
+        offset += len(word) + 1
+    return " ".join(words), spans
+
+
+@torch.inference_mode()
+def predict_encoded_scores(
+    model: torch.nn.Module,
+    encoded: Encoded,
+    pad_id: int,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Like `evaluation.predict_encoded`, with the probability of each word's predicted label.
+
+    Returns:
+        For each sentence, its words' predicted label ids and their probabilities (softmax in
+        float32 at each word's first sub-token).
+    """
+    was_training = model.training
+    model.eval()
+    sentence_offsets = np.concatenate([[0], np.cumsum(encoded.sentence_lengths)])
+    window_offsets = sentence_offsets[encoded.sentence_index] + encoded.word_start
+    words_per_window = encoded.words_per_window()
+    flat_ids = np.full(int(sentence_offsets[-1]), -1, dtype=np.int64)
+    flat_scores = np.zeros(int(sentence_offsets[-1]), dtype=np.float32)
+    context = autocast if autocast is not None else contextlib.nullcontext()
+    for batch_indices in sorted_batches(encoded.lengths, batch_size):
+        batch = collate([encoded.input_ids[i] for i in batch_indices], [encoded.labels[i] for i in batch_indices], pad_id)
+        with context:
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            ).logits  # (batch, seq, num_labels)
+        probabilities = logits.float().softmax(dim=-1).cpu()
+        best, ids = probabilities.max(dim=-1)  # (batch, seq)
+        first_subtokens = batch["labels"] != IGNORE_INDEX
+        positions = np.concatenate(
+            [np.arange(window_offsets[i], window_offsets[i] + words_per_window[i]) for i in batch_indices]
+        )
+        flat_ids[positions] = ids[first_subtokens].numpy()
+        flat_scores[positions] = best[first_subtokens].numpy()
+    model.train(was_training)
+    if (flat_ids < 0).any():  # pragma: no cover - guarded by construction; a bug if it fires
+        raise RuntimeError(f"{int((flat_ids < 0).sum())} words received no prediction")
+    cuts = sentence_offsets[1:-1]
+    return np.split(flat_ids, cuts), np.split(flat_scores, cuts)
+
+
+def read_texts(handle, name: str, document: bool) -> Iterator[str]:
+    """Texts from a binary stream: one a line, or the whole stream as one text.
+
+    Bytes are decoded as UTF-8 and nothing else is changed, so offsets point into the input as
+    read: in line mode only the line ending (`\\n` or `\\r\\n`) is dropped.
+
+    Raises:
+        DataError: the input is not UTF-8 (with the line).
+    """
+    from .errors import DataError
+
+    if document:
+        raw = handle.read()
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise DataError(f"{name}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+        return
+    for number, raw in enumerate(handle, start=1):
+        if raw.endswith(b"\r\n"):
+            raw = raw[:-2]
+        elif raw.endswith(b"\n"):
+            raw = raw[:-1]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
