@@ -61,7 +61,15 @@ def resolve_cache_dir(enabled: bool, cache_dir: str | None) -> str | None:
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything in a fast tokenizer that decides the ids it produces."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # Calling the tokenizer switches its truncation and padding settings on and off; they do
+        # not change the ids nerlib asks for, and must not make the same tokenizer look different.
+        settings = json.loads(backend.to_str())
+        settings.pop("truncation", None)
+        settings.pop("padding", None)
+        state = json.dumps(settings, sort_keys=True)
+    else:
+        state = repr(sorted(tokenizer.get_vocab().items()))
     digest = hashlib.sha256()
     digest.update(type(tokenizer).__name__.encode())
     digest.update(state.encode("utf-8"))

@@ -274,11 +274,11 @@ def fingerprint(splits, tokenizer, labels) -> dict:
                                 "sentences": len(split.sentences)}
         else:
             data[split.name] = {"file": source, "sentences": len(split.sentences)}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    tokenizer_text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    from .cache import tokenizer_fingerprint
+
     return {
         "data": data,
-        "tokenizer_sha256": hashlib.sha256(tokenizer_text.encode("utf-8")).hexdigest(),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         "labels": list(labels),
     }
 

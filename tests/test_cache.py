@@ -205,3 +205,12 @@ def test_second_training_run_reads_every_split_from_the_cache(hub_folder, tiny_e
     assert 0 < second["epochs"][0]["padding_efficiency"] <= 1 and second["test_words_per_s"] > 0
     run("c", cache=False)
     assert "cache" not in caplog.text and len(cache_files(tmp_path / "cache")) == 3
+
+
+def test_tokenizer_fingerprint_ignores_the_truncation_state_calls_leave_behind(tiny_tokenizer):
+    # A resume whose splits come from the cache never calls the tokenizer; the run it resumes did.
+    from nerlib.cache import tokenizer_fingerprint
+
+    before = tokenizer_fingerprint(tiny_tokenizer)
+    tiny_tokenizer([["alice", "saw", "paris"]], is_split_into_words=True, truncation=True, max_length=4)
+    assert tokenizer_fingerprint(tiny_tokenizer) == before
