@@ -29,7 +29,8 @@ def predict_windows(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
-) -> list[np.ndarray]:
+    with_scores: bool = False,
+) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """Predict a label id for every word of some windows of a split.
 
     The windows are batched longest first; the argmax at each word's first sub-token is gathered
@@ -42,13 +43,15 @@ def predict_windows(
         pad_id, batch_size, device, autocast: padding id, windows per batch, where and how to compute.
 
     Returns:
-        For each window of `windows`, in that order, its words' predicted label ids.
+        For each window of `windows`, in that order, its words' predicted label ids; with
+        `with_scores`, also their probabilities (softmax in float32 at each first sub-token).
     """
     windows = np.asarray(windows, dtype=np.int64)
     was_training = model.training
     model.eval()
     words_per_window = encoded.words_per_window()
     result: list[np.ndarray | None] = [None] * len(windows)
+    scores: list[np.ndarray | None] = [None] * len(windows)
     context = autocast if autocast is not None else contextlib.nullcontext()
     pad_to = pad_multiple(torch.device(device))
     for positions in sorted_batches(encoded.lengths[windows], batch_size):
@@ -60,15 +63,20 @@ def predict_windows(
                 input_ids=batch["input_ids"].to(device, non_blocking=True),
                 attention_mask=batch["attention_mask"].to(device, non_blocking=True),
             ).logits  # (batch, seq, num_labels)
-        predictions = logits.argmax(dim=-1).cpu()
         first_subtokens = batch["labels"] != IGNORE_INDEX
+        ends = np.cumsum(words_per_window[batch_indices])[:-1]
+        if with_scores:
+            best, predictions = logits.float().softmax(dim=-1).cpu().max(dim=-1)
+            for position, window_scores in zip(positions, np.split(best[first_subtokens].numpy(), ends)):
+                scores[position] = window_scores
+        else:
+            predictions = logits.argmax(dim=-1).cpu()
         # Row-major order of the mask = window by window, word by word within a window.
         flat = predictions[first_subtokens].numpy()
-        ends = np.cumsum(words_per_window[batch_indices])[:-1]
         for position, window_words in zip(positions, np.split(flat, ends)):
             result[position] = window_words
     model.train(was_training)
-    return result
+    return (result, scores) if with_scores else result
 
 
 def assemble_words(encoded: Encoded, windows: Sequence[int] | np.ndarray,
@@ -81,7 +89,7 @@ def assemble_words(encoded: Encoded, windows: Sequence[int] | np.ndarray,
         window_predictions: for each of `windows`, its words' predicted label ids.
 
     Returns:
-        For each sentence, its words' predicted label ids.
+        For each sentence, its words' predictions (label ids, or any per-word values).
 
     Raises:
         RuntimeError: a word predicted never or more than once (windows missing or repeated).
@@ -89,7 +97,8 @@ def assemble_words(encoded: Encoded, windows: Sequence[int] | np.ndarray,
     sentence_offsets = np.concatenate([[0], np.cumsum(encoded.sentence_lengths)])
     # Global position of each window's first word in the flat array of the split's words.
     window_offsets = sentence_offsets[encoded.sentence_index] + encoded.word_start
-    flat = np.full(int(sentence_offsets[-1]), -1, dtype=np.int64)
+    dtype = window_predictions[0].dtype if len(window_predictions) else np.int64
+    flat = np.zeros(int(sentence_offsets[-1]), dtype=dtype)
     times_predicted = np.zeros(len(flat), dtype=np.int64)
     for window, predicted in zip(windows, window_predictions):
         start = window_offsets[window]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .data import Sentence
-from .features import IGNORE_INDEX, Encoded, collate, encode, sorted_batches
+from .features import Encoded, encode
 from .labels import LabelSet, entity_spans
 
 logger = logging.getLogger(__name__)
@@ -287,34 +287,11 @@ def predict_encoded_scores(
         For each sentence, its words' predicted label ids and their probabilities (softmax in
         float32 at each word's first sub-token).
     """
-    was_training = model.training
-    model.eval()
-    sentence_offsets = np.concatenate([[0], np.cumsum(encoded.sentence_lengths)])
-    window_offsets = sentence_offsets[encoded.sentence_index] + encoded.word_start
-    words_per_window = encoded.words_per_window()
-    flat_ids = np.full(int(sentence_offsets[-1]), -1, dtype=np.int64)
-    flat_scores = np.zeros(int(sentence_offsets[-1]), dtype=np.float32)
-    context = autocast if autocast is not None else contextlib.nullcontext()
-    for batch_indices in sorted_batches(encoded.lengths, batch_size):
-        batch = collate([encoded.input_ids[i] for i in batch_indices], [encoded.labels[i] for i in batch_indices], pad_id)
-        with context:
-            logits = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            ).logits  # (batch, seq, num_labels)
-        probabilities = logits.float().softmax(dim=-1).cpu()
-        best, ids = probabilities.max(dim=-1)  # (batch, seq)
-        first_subtokens = batch["labels"] != IGNORE_INDEX
-        positions = np.concatenate(
-            [np.arange(window_offsets[i], window_offsets[i] + words_per_window[i]) for i in batch_indices]
-        )
-        flat_ids[positions] = ids[first_subtokens].numpy()
-        flat_scores[positions] = best[first_subtokens].numpy()
-    model.train(was_training)
-    if (flat_ids < 0).any():  # pragma: no cover - guarded by construction; a bug if it fires
-        raise RuntimeError(f"{int((flat_ids < 0).sum())} words received no prediction")
-    cuts = sentence_offsets[1:-1]
-    return np.split(flat_ids, cuts), np.split(flat_scores, cuts)
+    from .evaluation import assemble_words, predict_windows
+
+    windows = np.arange(len(encoded))
+    ids, scores = predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast, with_scores=True)
+    return assemble_words(encoded, windows, ids), assemble_words(encoded, windows, scores)
 
 
 def read_texts(handle, name: str, document: bool) -> Iterator[str]:
