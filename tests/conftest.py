@@ -14,8 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Runs in tests never write to the user's tokenisation cache; tests of the cache pass a folder.
 os.environ["NERLIB_CACHE"] = ""
+# The tests' models are tiny: one thread is fastest, and it keeps the suite quick on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 from nerlib.labels import MULTINERD_TAGS  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +31,7 @@ def cli_command(script: str, *args) -> list[str]:
 
 
 def cli_env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 
 
 def run_cli(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
