@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """nerlib against the `transformers.Trainer` recipe: same data, model, labels and hyper-parameters.
 
-    python bench/vs_trainer.py                                   # the full comparison, about 15 min on 2 cores
+    python bench/vs_trainer.py --runs nerlib,bare,trainer       # full data: about 25 min on 2 cores
+    python bench/vs_trainer.py                                   # all four runs (see trainer-bf16 below)
     python bench/vs_trainer.py --max-train-samples 1000 --max-eval-samples 500 --runs nerlib,trainer
 
 Four runs, one after the other, each in its own subprocess so that its peak resident memory is its own:
@@ -11,7 +12,9 @@ Four runs, one after the other, each in its own subprocess so that its peak resi
   collated beforehand, in nerlib's precision: the ceiling that nerlib's loop is measured against;
 * `trainer`: the original recipe, `transformers.Trainer` + `DataCollatorForTokenClassification` +
   first-sub-token alignment + a seqeval `compute_metrics`, in its default settings (fp32);
-* `trainer-bf16`: the same recipe with `bf16=True` and length-grouped batches.
+* `trainer-bf16`: the same recipe with `bf16=True` and length-grouped batches. On a CPU without
+  native bf16 (AMX or AVX512-BF16) bf16 is emulated, about 9 times slower than fp32: this run
+  alone then takes about 1.5 h on two cores on the full data.
 
 Words are the labelled words of a split (one per word of the data). Training words/s is the
 epochs' words over the training wall time; evaluation words/s is the test split's words over the
@@ -128,16 +131,16 @@ def run_nerlib(args: argparse.Namespace) -> dict:
     """`nerlib.train` as train.py runs it; the training and test figures come from its metrics."""
     import logging
 
-    import nerlib
     import nerlib.loop
-    from nerlib.config import TrainConfig
 
     marks: dict = {}
-    evaluations: list[tuple[float, float]] = []  # (wall, CPU) seconds of each evaluate_prepared call
+    evaluations: list[float] = []  # CPU seconds of each evaluate_prepared call (validations, then test)
+    saves: list[float] = []        # CPU seconds of writing models and checkpoints between epochs
 
     class Marks(logging.Handler):
         # The loop logs "training on ..." just before its first step, and "epoch N: ..." after
-        # the epoch's validation: the CPU clock at both gives the training CPU time.
+        # each epoch's validation: the CPU clock between them, less validation and saving, is
+        # the training CPU time.
         def emit(self, record: logging.LogRecord) -> None:
             message = record.getMessage()
             if message.startswith("training on") and "startup" not in marks:
@@ -145,34 +148,39 @@ def run_nerlib(args: argparse.Namespace) -> dict:
                 marks["train_cpu_started"] = time.process_time()
             elif message.startswith("epoch "):
                 marks["train_cpu_ended"] = time.process_time()
-                marks["validation_cpu"] = sum(cpu for _, cpu in evaluations)
+                marks["not_training_cpu"] = sum(evaluations) + sum(saves)
 
-    evaluate_prepared = nerlib.loop.evaluate_prepared
+    def timed(function, bucket: list):
+        def wrapper(*call_args, **call_kwargs):
+            cpu = time.process_time()
+            try:
+                return function(*call_args, **call_kwargs)
+            finally:
+                bucket.append(time.process_time() - cpu)
+        return wrapper
 
-    def timed_evaluate_prepared(*call_args, **call_kwargs):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = evaluate_prepared(*call_args, **call_kwargs)
-        evaluations.append((time.perf_counter() - wall, time.process_time() - cpu))
-        return result
-
-    # Bench-side instrumentation only: the loop calls evaluate_prepared through its module.
-    nerlib.loop.evaluate_prepared = timed_evaluate_prepared
+    # Bench-side instrumentation only (undone at the end): the loop calls these through its
+    # module's namespace.
+    originals = {name: getattr(nerlib.loop, name) for name in ("evaluate_prepared", "save_model", "save_checkpoint")
+                 if hasattr(nerlib.loop, name)}
+    for name, function in originals.items():
+        setattr(nerlib.loop, name, timed(function, evaluations if name == "evaluate_prepared" else saves))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("nerlib.loop").addHandler(Marks())
-    with tempfile.TemporaryDirectory(prefix="nerlib-bench-") as output_dir:
-        options = dict(labels=args.labels, data=args.data, lang=args.lang, model=args.model, output_dir=output_dir,
-                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       eval_batch_size=args.eval_batch_size, weight_decay=args.weight_decay, seed=args.seed,
-                       max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                       amp=args.amp, amp_dtype=args.amp_dtype, device=args.device, num_threads=args.num_threads,
-                       progress=not args.no_progress)
-        if args.cache_dir is not None:
-            options["cache_dir"] = args.cache_dir
-        metrics = nerlib.train(TrainConfig(**options))
+    loop_logger, handler = logging.getLogger("nerlib.loop"), Marks()
+    level = loop_logger.level
+    loop_logger.addHandler(handler)
+    loop_logger.setLevel(logging.INFO)
+    try:
+        metrics = _train_nerlib(args)
+    finally:
+        loop_logger.removeHandler(handler)
+        loop_logger.setLevel(level)
+        for name, function in originals.items():
+            setattr(nerlib.loop, name, function)
     test = metrics["test"] or {}
     train_cpu = None
     if "train_cpu_ended" in marks:
-        train_cpu = marks["train_cpu_ended"] - marks["train_cpu_started"] - marks["validation_cpu"]
+        train_cpu = marks["train_cpu_ended"] - marks["train_cpu_started"] - marks["not_training_cpu"]
     paddings = [epoch["padding_efficiency"] for epoch in metrics["epochs"] if "padding_efficiency" in epoch]
     return {
         "precision": metrics["precision_mode"],
@@ -185,8 +193,24 @@ def run_nerlib(args: argparse.Namespace) -> dict:
         "padding_efficiency": sum(paddings) / len(paddings) if paddings else None,
         "startup_seconds": marks.get("startup"),
         "train_cpu_seconds": train_cpu,
-        "eval_cpu_seconds": evaluations[-1][1] if metrics["test"] and evaluations else None,
+        "eval_cpu_seconds": evaluations[-1] if metrics["test"] and evaluations else None,
     }
+
+
+def _train_nerlib(args: argparse.Namespace) -> dict:
+    import nerlib
+    from nerlib.config import TrainConfig
+
+    with tempfile.TemporaryDirectory(prefix="nerlib-bench-") as output_dir:
+        options = dict(labels=args.labels, data=args.data, lang=args.lang, model=args.model, output_dir=output_dir,
+                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                       eval_batch_size=args.eval_batch_size, weight_decay=args.weight_decay, seed=args.seed,
+                       max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+                       amp=args.amp, amp_dtype=args.amp_dtype, device=args.device, num_threads=args.num_threads,
+                       progress=not args.no_progress)
+        if args.cache_dir is not None:
+            options["cache_dir"] = args.cache_dir
+        return nerlib.train(TrainConfig(**options))
 
 
 def run_bare(args: argparse.Namespace) -> dict:
@@ -272,6 +296,19 @@ class CountingCollator:
 def run_trainer(args: argparse.Namespace, bf16_grouped: bool) -> dict:
     """The original recipe: `datasets` + `Trainer` + `DataCollatorForTokenClassification` + seqeval."""
     import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        return _train_with_trainer(args, bf16_grouped)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+
+
+def _train_with_trainer(args: argparse.Namespace, bf16_grouped: bool) -> dict:
+    import datasets
     import numpy as np
     import torch
     import transformers
@@ -281,8 +318,6 @@ def run_trainer(args: argparse.Namespace, bf16_grouped: bool) -> dict:
 
     from nerlib.labels import MULTINERD_TAGS, multinerd_label_set
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
     label_set = multinerd_label_set(args.labels)
     label_list = list(label_set.labels)
     # MultiNERD tag id -> id in the label set (out-of-set classes become O, as nerlib maps them).

@@ -1,0 +1,83 @@
+"""bench/vs_trainer.py: the ratios and verdicts it prints, and one tiny run of every side."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "vs_trainer.py")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("vs_trainer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(words_per_s, eval_words_per_s=None, rss=1000.0, f1=None, padding=None):
+    return {"train_words_per_s": words_per_s, "eval_words_per_s": eval_words_per_s, "peak_rss_mib": rss, "f1": f1,
+            "padding_efficiency": padding}
+
+
+def test_ratios_and_targets():
+    bench = load_bench()
+    results = {
+        "nerlib": run(1000.0, 3100.0, rss=900.0, f1=0.897, padding=0.94),
+        "bare": run(1040.0),
+        "trainer": run(400.0, 1000.0, rss=1000.0, f1=0.900, padding=0.43),
+        "trainer-bf16": run(900.0, 2000.0, rss=1100.0, f1=0.902, padding=0.94),
+    }
+    summary = bench.summarise(results)
+    assert summary["train_vs_trainer"] == pytest.approx(2.5) and summary["targets"]["train_vs_trainer"]
+    assert summary["train_vs_trainer_bf16"] == pytest.approx(1000 / 900)
+    assert summary["targets"]["train_vs_trainer_bf16"] is False  # 1.11 < 1.15
+    assert summary["eval_vs_trainer"] == pytest.approx(3.1) and summary["targets"]["eval_vs_trainer"]
+    assert summary["targets"]["rss_vs_trainer"] and summary["loop_efficiency"] == pytest.approx(1000 / 1040)
+    # F1 is measured against the lower Trainer run: 0.897 is 0.3 points below 0.900.
+    assert summary["f1_points_below_lower_trainer"] == pytest.approx(0.3) and summary["targets"]["f1"]
+    assert summary["targets"]["padding_efficiency"] and summary["targets"]["loop_efficiency"]
+
+
+def test_missing_runs_give_no_verdict():
+    summary = load_bench().summarise({"nerlib": run(1000.0, padding=0.5)})
+    assert summary["train_vs_trainer"] is None and summary["targets"]["train_vs_trainer"] is None
+    assert summary["targets"]["padding_efficiency"] is False
+
+
+def test_tiny_run_of_every_side_but_bf16(hub_folder, tiny_encoder, tmp_path, monkeypatch, capsys):
+    # The runs go through the parent's argument passing and table, but in this process (a
+    # subprocess each would spend most of the test importing torch three times).
+    bench = load_bench()
+
+    def in_process(command, **kwargs):
+        assert command[:2] == [sys.executable, os.path.abspath(SCRIPT)]
+        bench.child_main(bench.parse_args(command[2:]))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", in_process)
+    monkeypatch.setenv("NERLIB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench.json"
+    code = bench.main(["--data", hub_folder, "--model", tiny_encoder, "--runs", "nerlib,bare,trainer", "--lr", "5e-3",
+                       "--batch-size", "8", "--no-progress", "--json-out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "nerlib / Trainer:" in printed and "loop efficiency" in printed
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert set(runs) == {"nerlib", "bare", "trainer"} and not report["failed"]
+    # Both sides train on every word of the split and score every word of the test split.
+    assert runs["nerlib"]["train_words"] == runs["bare"]["train_words"] == runs["trainer"]["train_words"] > 0
+    assert runs["nerlib"]["eval_words"] == runs["trainer"]["eval_words"] == runs["trainer"]["eval_words_in_split"]
+    for name in ("nerlib", "trainer"):
+        assert runs[name]["train_words_per_s"] > 0 and runs[name]["eval_words_per_s"] > 0
+        assert 0 <= runs[name]["f1"] <= 1 and 0 < runs[name]["padding_efficiency"] <= 1
+    assert runs["nerlib"]["train_cpu_seconds"] > 0 and report["summary"]["loop_efficiency"] > 0
+    # The nerlib run leaves nerlib's loop as it found it.
+    import nerlib.loop
+
+    assert nerlib.loop.evaluate_prepared.__module__ == "nerlib.loop"
