@@ -32,7 +32,9 @@ from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, pa
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import write_reports
-from .runtime import Precision, configure_threads, pad_multiple, resolve_precision, seed_everything
+from .kernels import use_cpu_dropout
+from .runtime import (Precision, configure_threads, keep_freed_memory_for_reuse, pad_multiple, resolve_precision,
+                      seed_everything)
 from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -298,6 +300,11 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
+    if device.type == "cpu":
+        # Two CPU costs the step profile showed (docs/performance.md): page faults from glibc
+        # unmapping freed tensors, and torch's serial per-element dropout draws.
+        keep_freed_memory_for_reuse()
+        use_cpu_dropout(model)
     # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
     train_model = distributed.wrap_model(model, world)
     distributed.seed_rank(config.seed, world)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +117,38 @@ def seed_everything(seed: int) -> None:
 def configure_threads(num_threads: int | None) -> None:
     if num_threads is not None:
         torch.set_num_threads(num_threads)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024   # glibc's largest allowed value on 64-bit machines
+_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Let glibc reuse freed tensor memory instead of returning it to the kernel at every free.
+
+    A CPU training step allocates and frees hundreds of activation and gradient tensors of
+    0.1-30 MB. By default glibc serves each one over 128 KiB with a fresh mmap and unmaps it on
+    free, so every step pays page faults that zero that memory again (about 10% of a MiniLM
+    step on two cores). Raising the mmap and trim thresholds keeps such blocks in the heap for
+    the next step; peak resident memory stays the peak of live tensors plus the held free space.
+    Process-wide; a no-op where the C library is not glibc.
+
+    Returns:
+        True where the thresholds were set.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # mallopt returns 1 on success; musl and others have no such function (AttributeError above).
+    done = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    done = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and done
+    return done
 
 
 def offline_hint() -> str:

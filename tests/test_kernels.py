@@ -1,0 +1,93 @@
+"""The CPU dropout kernel and the allocator setting used by CPU training."""
+
+import sys
+
+import pytest
+import torch
+
+from nerlib import kernels
+from nerlib.kernels import CpuDropout, dropout_cpu, use_cpu_dropout
+from nerlib.runtime import keep_freed_memory_for_reuse
+
+KEEP_BELOW = round(0.9 * 65536)  # p = 0.1 rounded to a multiple of 1/65536
+SCALE = 65536 / KEEP_BELOW
+
+
+def test_dropout_keeps_the_right_share_and_scales_by_the_exact_inverse():
+    torch.manual_seed(0)
+    out = dropout_cpu(torch.ones(300_000), 0.1)
+    kept = out != 0
+    # Binomial(300000, 0.9): 5 standard deviations are 0.0027.
+    assert abs(kept.float().mean().item() - 0.9) < 0.0027
+    assert torch.equal(out[kept], torch.full_like(out[kept], SCALE))
+    assert abs(out.mean().item() - 1.0) < 0.003
+
+
+def test_dropout_draws_are_independent_across_positions():
+    # Neighbouring elements share a 64-bit word: their masks must still be independent.
+    torch.manual_seed(1)
+    kept = (dropout_cpu(torch.ones(600_000), 0.5) != 0).float().view(-1, 3)
+    both = (kept[:, 0] * kept[:, 1]).mean().item()
+    assert abs(both - 0.25) < 0.005
+    assert abs(kept[:, 2].mean().item() - 0.5) < 0.005
+
+
+def test_dropout_gradient_is_the_mask_times_the_scale():
+    torch.manual_seed(2)
+    hidden = torch.randn(4, 7, 16, requires_grad=True)
+    out = dropout_cpu(hidden, 0.1)
+    out.backward(torch.ones_like(out))
+    mask = (out != 0).float()
+    assert torch.equal(hidden.grad, mask * SCALE)
+    assert torch.equal(out, hidden.detach() * mask * SCALE)
+
+
+def test_dropout_is_reproducible_from_the_seed_and_differs_between_seeds():
+    hidden = torch.randn(1000)
+    torch.manual_seed(3)
+    first = dropout_cpu(hidden, 0.1)
+    torch.manual_seed(3)
+    again = dropout_cpu(hidden, 0.1)
+    torch.manual_seed(4)
+    other = dropout_cpu(hidden, 0.1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_both_byte_orders_give_the_same_mask(monkeypatch):
+    hidden = torch.ones(1001)  # not a multiple of three draws
+    torch.manual_seed(5)
+    native = dropout_cpu(hidden, 0.3)
+    monkeypatch.setattr(kernels.sys, "byteorder", "big" if sys.byteorder == "little" else "little")
+    torch.manual_seed(5)
+    assert torch.equal(dropout_cpu(hidden, 0.3), native)
+
+
+def test_edge_probabilities_and_dtypes():
+    hidden = torch.randn(50)
+    assert dropout_cpu(hidden, 0.0) is hidden
+    assert torch.equal(dropout_cpu(hidden, 1.0), torch.zeros(50))
+    half = dropout_cpu(torch.ones(64, dtype=torch.bfloat16), 0.5)
+    assert half.dtype == torch.bfloat16 and set(half.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_cpu_dropout_swaps_plain_dropouts_and_changes_nothing_in_eval(tiny_encoder):
+    from nerlib.labels import multinerd_label_set
+    from nerlib.modeling import load_model_for_training
+
+    model = load_model_for_training(tiny_encoder, multinerd_label_set("five")).eval()
+    plain = sum(type(m) is torch.nn.Dropout for m in model.modules())
+    input_ids = torch.tensor([[2, 5, 6, 7, 3]])
+    before = model(input_ids=input_ids).logits
+    assert use_cpu_dropout(model) == plain > 0
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert sum(isinstance(m, CpuDropout) for m in model.modules()) == plain
+    assert torch.equal(model(input_ids=input_ids).logits, before)
+    model.train()
+    torch.manual_seed(6)
+    noisy = model(input_ids=input_ids).logits
+    assert not torch.equal(noisy, before)  # dropout is active in training
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_allocator_setting_applies_on_linux():
+    assert keep_freed_memory_for_reuse() is True
