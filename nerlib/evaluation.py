@@ -9,18 +9,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .features import IGNORE_INDEX, Encoded, collate, sorted_batches
+from .features import IGNORE_INDEX, Encoded, collate, sorted_batches, uniform_length_batches
 from .runtime import pad_multiple
 
 logger = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def predict_windows(
     model: torch.nn.Module,
     encoded: Encoded,
@@ -33,8 +33,11 @@ def predict_windows(
 ) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """Predict a label id for every word of some windows of a split.
 
-    The windows are batched longest first; the argmax at each word's first sub-token is gathered
-    with one mask per batch.
+    The argmax at each word's first sub-token is gathered with one mask per batch. On CUDA the
+    windows are batched longest first. On CPUs every batch holds windows of a single length, so
+    it needs no padding and no attention mask, and with two or more torch threads the batches are
+    shared among that many Python threads that each compute with one torch thread (in fp32):
+    small inference batches keep two cores busier that way than with intra-op threads.
 
     Args:
         model: a token-classification model.
@@ -46,36 +49,60 @@ def predict_windows(
         For each window of `windows`, in that order, its words' predicted label ids; with
         `with_scores`, also their probabilities (softmax in float32 at each first sub-token).
     """
+    device = torch.device(device)
     windows = np.asarray(windows, dtype=np.int64)
     was_training = model.training
     model.eval()
     words_per_window = encoded.words_per_window()
     result: list[np.ndarray | None] = [None] * len(windows)
     scores: list[np.ndarray | None] = [None] * len(windows)
-    context = autocast if autocast is not None else contextlib.nullcontext()
-    pad_to = pad_multiple(torch.device(device))
-    for positions in sorted_batches(encoded.lengths[windows], batch_size):
-        batch_indices = windows[positions]
-        batch = collate([encoded.input_ids[i] for i in batch_indices], [encoded.labels[i] for i in batch_indices], pad_id,
-                        pad_to)
-        with context:
-            logits = model(
-                input_ids=batch["input_ids"].to(device, non_blocking=True),
-                attention_mask=batch["attention_mask"].to(device, non_blocking=True),
-            ).logits  # (batch, seq, num_labels)
-        first_subtokens = batch["labels"] != IGNORE_INDEX
-        ends = np.cumsum(words_per_window[batch_indices])[:-1]
-        if with_scores:
-            best, predictions = logits.float().softmax(dim=-1).cpu().max(dim=-1)
-            for position, window_scores in zip(positions, np.split(best[first_subtokens].numpy(), ends)):
-                scores[position] = window_scores
+    pad_to = pad_multiple(device)
+    lengths = encoded.lengths[windows]
+    on_cpu = device.type == "cpu"
+    batches = uniform_length_batches(lengths, batch_size) if on_cpu else sorted_batches(lengths, batch_size)
+
+    @torch.inference_mode()
+    def predict_batches(positions_of_batches: list[np.ndarray]) -> None:
+        # Inference mode and autocast are per thread: entered here, in the thread that computes.
+        for positions in positions_of_batches:
+            batch_indices = windows[positions]
+            batch = collate([encoded.input_ids[i] for i in batch_indices],
+                            [encoded.labels[i] for i in batch_indices], pad_id, pad_to)
+            unpadded = bool(batch["attention_mask"].all())
+            with autocast if autocast is not None else contextlib.nullcontext():
+                logits = model(
+                    input_ids=batch["input_ids"].to(device, non_blocking=True),
+                    # No mask at all when nothing is padded: the attention takes its unmasked kernel.
+                    attention_mask=None if unpadded else batch["attention_mask"].to(device, non_blocking=True),
+                ).logits  # (batch, seq, num_labels)
+            first_subtokens = batch["labels"] != IGNORE_INDEX
+            ends = np.cumsum(words_per_window[batch_indices])[:-1]
+            if with_scores:
+                best, predictions = logits.float().softmax(dim=-1).cpu().max(dim=-1)
+                for position, window_scores in zip(positions, np.split(best[first_subtokens].numpy(), ends)):
+                    scores[position] = window_scores
+            else:
+                predictions = logits.argmax(dim=-1).cpu()
+            # Row-major order of the mask = window by window, word by word within a window.
+            flat = predictions[first_subtokens].numpy()
+            for position, window_words in zip(positions, np.split(flat, ends)):
+                result[position] = window_words
+
+    threads = torch.get_num_threads()
+    try:
+        # A torch.autocast object cannot be entered by two threads at once: fp32 only.
+        fp32 = autocast is None or isinstance(autocast, contextlib.nullcontext)
+        if on_cpu and fp32 and threads > 1 and len(batches) > 1:
+            torch.set_num_threads(1)
+            with ThreadPoolExecutor(threads, thread_name_prefix="nerlib-predict") as pool:
+                # Interleaved shares: each thread gets long and short batches alike.
+                for done in [pool.submit(predict_batches, batches[i::threads]) for i in range(threads)]:
+                    done.result()
         else:
-            predictions = logits.argmax(dim=-1).cpu()
-        # Row-major order of the mask = window by window, word by word within a window.
-        flat = predictions[first_subtokens].numpy()
-        for position, window_words in zip(positions, np.split(flat, ends)):
-            result[position] = window_words
-    model.train(was_training)
+            predict_batches(batches)
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
     return (result, scores) if with_scores else result
 
 

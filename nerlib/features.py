@@ -268,6 +268,18 @@ def shuffled_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> 
     return [order[i:i + batch_size] for i in range(0, num_items, batch_size)]
 
 
+def uniform_length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Batches of windows that all have the same length, longest first, for inference on CPUs.
+
+    Such a batch has no padding, so the model can run without an attention mask (a faster
+    attention kernel); the price is one short batch per distinct length.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    starts = np.flatnonzero(np.diff(lengths[order], prepend=-1))  # where each length's run begins
+    ends = np.append(starts[1:], len(order))
+    return [order[i:min(i + batch_size, end)] for start, end in zip(starts, ends) for i in range(start, end, batch_size)]
+
+
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Batches of windows sorted by length, longest first, for inference (order does not matter)."""
     order = np.argsort(-lengths, kind="stable")

@@ -66,3 +66,33 @@ def test_format_table_lists_types_and_words():
     m = compute_metrics([["B-PER", "O"]], [["B-PER", "O"]])
     table = format_table(m, title="t")
     assert "PER" in table and "overall" in table and "over 2 words" in table
+
+
+def test_cpu_inference_in_threads_matches_one_window_at_a_time(tiny_encoder, tiny_tokenizer):
+    from nerlib.evaluation import predict_windows
+    from nerlib.modeling import load_model_for_training
+
+    five = multinerd_label_set("five")
+    torch.manual_seed(0)
+    model = load_model_for_training(tiny_encoder, five).eval()
+    vocabulary = ["alice", "saw", "the", "fox", "in", "paris", "bob", "."]
+    rng = np.random.default_rng(0)
+    sentences = [Sentence(tuple(rng.choice(vocabulary, size=int(n))), ("O",) * int(n), "m", i)
+                 for i, n in enumerate(rng.integers(1, 12, size=40))]
+    encoded = encode(sentences, five, tiny_tokenizer, max_length=16)
+    windows = np.arange(len(encoded))
+    with torch.inference_mode():  # reference: each window alone, no padding, no batching
+        expected = [model(input_ids=torch.from_numpy(ids)[None]).logits[0, labels != -100].argmax(-1).numpy()
+                    for ids, labels in zip(encoded.input_ids, encoded.labels)]
+    assert len(np.unique(np.concatenate(expected))) > 1  # the model does not predict one label everywhere
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):  # one torch thread: one loop; three: three Python threads
+            torch.set_num_threads(count)
+            predicted, scores = predict_windows(model, encoded, windows, 0, batch_size=4, with_scores=True)
+            assert torch.get_num_threads() == count  # restored after the threaded path
+            assert [p.tolist() for p in predicted] == [e.tolist() for e in expected]
+            assert all(len(s) == len(p) and (s > 0).all() for s, p in zip(scores, predicted))
+    finally:
+        torch.set_num_threads(threads)
+    assert not model.training

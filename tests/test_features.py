@@ -5,7 +5,7 @@ import torch
 from nerlib.data import Sentence
 from nerlib.features import (
     IGNORE_INDEX, align_labels, collate, encode, length_grouped_batches, padding_efficiency, plan_windows, shuffled_batches,
-    sorted_batches,
+    sorted_batches, uniform_length_batches,
 )
 from nerlib.labels import multinerd_label_set
 
@@ -87,6 +87,13 @@ def test_length_grouped_batches_reproducible_and_complete():
 def test_sorted_batches_longest_first():
     batches = sorted_batches(np.array([3, 9, 1, 7]), 2)
     assert [b.tolist() for b in batches] == [[1, 3], [0, 2]]
+
+
+def test_uniform_length_batches_never_mix_lengths_and_cover_every_window():
+    lengths = np.array([3, 5, 3, 5, 5, 2, 3, 3])
+    batches = uniform_length_batches(lengths, 2)
+    assert [b.tolist() for b in batches] == [[1, 3], [4], [0, 2], [6, 7], [5]]
+    assert uniform_length_batches(np.array([], dtype=np.int64), 2) == []
 
 
 def _sentence(tokens, tags):
