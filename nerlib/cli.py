@@ -98,6 +98,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
     parser.add_argument("--strict", action="store_true", help="also report strict IOB2 entity scores")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="tokenise the split again instead of using the tokenisation cache")
+    parser.add_argument("--cache-dir", help="folder of the tokenisation cache (default: $NERLIB_CACHE, else "
+                                            "~/.cache/nerlib; an empty value turns the cache off)")
     parser.add_argument("--predictions-out", metavar="FILE", help="write one JSON line a sentence: tokens, gold, pred")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--table-out", metavar="FILE", help="write the per-type table to FILE.md (Markdown) or FILE.csv")
@@ -108,7 +112,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
-                   predictions_out=args.predictions_out)
+                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir)
     metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, **options)
     if args.table_out:
         write_metrics_table(metrics, args.table_out)

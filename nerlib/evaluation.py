@@ -230,6 +230,8 @@ def evaluate(
     strict: bool = False,
     predictions_out: str | None = None,
     confusion_out: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -246,6 +248,7 @@ def evaluate(
         predictions_out: write one JSON line a sentence, `{"tokens", "gold", "pred"}`.
         confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
             without it a warning says how to install it).
+        cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
@@ -256,6 +259,7 @@ def evaluate(
     """
     import json
 
+    from .cache import resolve_cache_dir
     from .data import load_split
     from .errors import ConfigError
     from .loop import effective_max_length, prepare, evaluate_prepared
@@ -273,7 +277,7 @@ def evaluate(
     model.to(device_)
     window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
     loaded = load_split(data, split, lang).head(max_samples)
-    prepared = prepare(loaded, label_set, tokenizer, window)
+    prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
     logger.info("%s: scored %d of %d words in %d sentences", loaded.source, metrics["words"], loaded.num_words,

@@ -33,8 +33,8 @@ from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import write_reports
 from .kernels import use_cpu_dropout
-from .runtime import (Precision, configure_threads, keep_freed_memory_for_reuse, pad_multiple, resolve_precision,
-                      seed_everything)
+from .runtime import (Precision, configure_threads, keep_freed_memory_for_reuse, pad_multiple,
+                      release_freed_memory, resolve_precision, seed_everything)
 from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -446,6 +446,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         bar.close()
                         raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
             state["epoch_seconds"] += time.perf_counter() - segment_started
+            if device.type == "cpu":
+                release_freed_memory()  # what the steps kept for reuse, before validation and saving
             record = {"epoch": epoch, "train_loss": state["epoch_loss"] / max(1, state["epoch_words"]),
                       "train_words_per_s": state["epoch_words"] / max(state["epoch_seconds"], 1e-9),
                       "batch_order": order_digest, "padding_efficiency": epoch_padding}

@@ -125,6 +125,18 @@ _MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024   # glibc's largest allowed value on 64
 _TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 
 
+def _glibc():
+    """The C library where it is glibc on Linux (it has mallopt and malloc_trim), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # musl and others lack them: AttributeError
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory_for_reuse() -> bool:
     """Let glibc reuse freed tensor memory instead of returning it to the kernel at every free.
 
@@ -132,23 +144,25 @@ def keep_freed_memory_for_reuse() -> bool:
     0.1-30 MB. By default glibc serves each one over 128 KiB with a fresh mmap and unmaps it on
     free, so every step pays page faults that zero that memory again (about 10% of a MiniLM
     step on two cores). Raising the mmap and trim thresholds keeps such blocks in the heap for
-    the next step; peak resident memory stays the peak of live tensors plus the held free space.
+    the next step; `release_freed_memory` hands them back when the steps are over.
     Process-wide; a no-op where the C library is not glibc.
 
     Returns:
         True where the thresholds were set.
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    # mallopt returns 1 on success; musl and others have no such function (AttributeError above).
-    done = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
-    done = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and done
-    return done
+    # mallopt returns 1 on success.
+    done = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    return libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and done
+
+
+def release_freed_memory() -> None:
+    """Return the free memory glibc holds to the kernel (after the training steps of an epoch)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def offline_hint() -> str:

@@ -206,6 +206,14 @@ def test_second_training_run_reads_every_split_from_the_cache(hub_folder, tiny_e
     run("c", cache=False)
     assert "cache" not in caplog.text and len(cache_files(tmp_path / "cache")) == 3
 
+    # Evaluating the saved model reads the test split the training run cached.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nerlib.cache"):
+        cached = nerlib.evaluate(str(tmp_path / "a"), max_samples=12, cache_dir=str(tmp_path / "cache"))
+    assert caplog.text.count("read from the cache") == 1
+    fresh = nerlib.evaluate(str(tmp_path / "a"), max_samples=12, cache=False)
+    assert cached["f1"] == fresh["f1"] == first["test"]["f1"] and cached["words"] == fresh["words"]
+
 
 def test_tokenizer_fingerprint_ignores_the_truncation_state_calls_leave_behind(tiny_tokenizer):
     # A resume whose splits come from the cache never calls the tokenizer; the run it resumes did.

@@ -1,5 +1,6 @@
 """The CPU dropout kernel and the allocator setting used by CPU training."""
 
+import os
 import sys
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from nerlib import kernels
 from nerlib.kernels import CpuDropout, dropout_cpu, use_cpu_dropout
-from nerlib.runtime import keep_freed_memory_for_reuse
+from nerlib.runtime import keep_freed_memory_for_reuse, release_freed_memory
 
 KEEP_BELOW = round(0.9 * 65536)  # p = 0.1 rounded to a multiple of 1/65536
 SCALE = 65536 / KEEP_BELOW
@@ -89,5 +90,16 @@ def test_cpu_dropout_swaps_plain_dropouts_and_changes_nothing_in_eval(tiny_encod
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_allocator_setting_applies_on_linux():
+def test_freed_memory_is_kept_for_reuse_until_released():
+    def resident_mib():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
     assert keep_freed_memory_for_reuse() is True
+    blocks = [torch.ones(1 << 20) for _ in range(48)]  # 192 MiB in 4 MiB blocks
+    before_free = resident_mib()
+    del blocks
+    kept = resident_mib()
+    assert kept > before_free - 64  # freed, yet still held for the next step's tensors
+    release_freed_memory()
+    assert resident_mib() < kept - 128
