@@ -14,7 +14,7 @@ Four runs, one after the other, each in its own subprocess so that its peak resi
   first-sub-token alignment + a seqeval `compute_metrics`, in its default settings (fp32);
 * `trainer-bf16`: the same recipe with `bf16=True` and length-grouped batches. On a CPU without
   native bf16 (AMX or AVX512-BF16) bf16 is emulated, about 9 times slower than fp32: this run
-  alone then takes about 1.5 h on two cores on the full data.
+  alone then takes about 2 h on two cores on the full data (42 training words/s measured).
 
 Words are the labelled words of a split (one per word of the data). Training words/s is the
 epochs' words over the training wall time; evaluation words/s is the test split's words over the

@@ -172,6 +172,14 @@ def _figure_class():
     return Figure
 
 
+def _figure_class_for(path: str):
+    """matplotlib's Figure to draw `path` with, or None (logged with how to install it)."""
+    Figure = _figure_class()
+    if Figure is None:
+        logger.warning("matplotlib is not installed: skipped %s (%s)", path, PLOTS_HINT)
+    return Figure
+
+
 def plots_available() -> bool:
     """Whether matplotlib can be imported (the `plots` extra)."""
     return _figure_class() is not None
@@ -192,9 +200,8 @@ def plot_training_curves(metrics: dict, path: str) -> str | None:
     Returns:
         The path, or None when matplotlib is not installed (logged with how to install it).
     """
-    Figure = _figure_class()
+    Figure = _figure_class_for(path)
     if Figure is None:
-        logger.warning("matplotlib is not installed: skipped %s (%s)", path, PLOTS_HINT)
         return None
     figure = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     loss_axes, f1_axes = figure.subplots(1, 2)
@@ -246,9 +253,8 @@ def plot_confusion(confusion: Confusion, path: str, title: str = "entity confusi
     Returns:
         The path, or None when matplotlib is not installed (logged with how to install it).
     """
-    Figure = _figure_class()
+    Figure = _figure_class_for(path)
     if Figure is None:
-        logger.warning("matplotlib is not installed: skipped %s (%s)", path, PLOTS_HINT)
         return None
     counts = confusion.counts
     size = len(confusion.row_labels)
