@@ -20,6 +20,9 @@ from .runtime import pad_multiple
 
 logger = logging.getLogger(__name__)
 
+# CPU inference runs in up to this many Python threads (streams); measured with two.
+MAX_INFERENCE_STREAMS = 4
+
 
 def predict_windows(
     model: torch.nn.Module,
@@ -36,8 +39,9 @@ def predict_windows(
     The argmax at each word's first sub-token is gathered with one mask per batch. On CUDA the
     windows are batched longest first. On CPUs every batch holds windows of a single length, so
     it needs no padding and no attention mask, and with two or more torch threads the batches are
-    shared among that many Python threads that each compute with one torch thread (in fp32):
-    small inference batches keep two cores busier that way than with intra-op threads.
+    shared among that many Python threads (at most `MAX_INFERENCE_STREAMS`, the torch threads
+    divided among them; fp32 only): small inference batches keep two cores busier that way than
+    with intra-op threads.
 
     Args:
         model: a token-classification model.
@@ -93,10 +97,12 @@ def predict_windows(
         # A torch.autocast object cannot be entered by two threads at once: fp32 only.
         fp32 = autocast is None or isinstance(autocast, contextlib.nullcontext)
         if on_cpu and fp32 and threads > 1 and len(batches) > 1:
-            torch.set_num_threads(1)
-            with ThreadPoolExecutor(threads, thread_name_prefix="nerlib-predict") as pool:
-                # Interleaved shares: each thread gets long and short batches alike.
-                for done in [pool.submit(predict_batches, batches[i::threads]) for i in range(threads)]:
+            # Streams hold the GIL between kernels, so many cores get a few streams of several threads.
+            streams = min(threads, MAX_INFERENCE_STREAMS)
+            torch.set_num_threads(threads // streams)
+            with ThreadPoolExecutor(streams, thread_name_prefix="nerlib-predict") as pool:
+                # Interleaved shares: each stream gets long and short batches alike.
+                for done in [pool.submit(predict_batches, batches[i::streams]) for i in range(streams)]:
                     done.result()
         else:
             predict_batches(batches)
