@@ -29,10 +29,10 @@ from .checkpoint import (
 )
 from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
+from .kernels import use_cpu_dropout
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import write_reports
-from .kernels import use_cpu_dropout
 from .runtime import (Precision, configure_threads, keep_freed_memory_for_reuse, pad_multiple,
                       release_freed_memory, resolve_precision, seed_everything)
 from .scoring import score_predictions

@@ -272,7 +272,6 @@ def _text_and_spans(item: TextOrWords) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(words), spans
 
 
-@torch.inference_mode()
 def predict_encoded_scores(
     model: torch.nn.Module,
     encoded: Encoded,

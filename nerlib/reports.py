@@ -190,6 +190,13 @@ def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
+def _label_axes(axes, xlabel: str, ylabel: str, title: str) -> None:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+
+
 def plot_training_curves(metrics: dict, path: str) -> str | None:
     """Training loss by optimizer step (left) and validation F1 by epoch (right) as an image.
 
@@ -219,10 +226,7 @@ def plot_training_curves(metrics: dict, path: str) -> str | None:
             loss_axes.set_yscale("log")
     else:
         loss_axes.text(0.5, 0.5, "no steps recorded", ha="center", va="center", transform=loss_axes.transAxes)
-    loss_axes.set_xlabel("optimizer step")
-    loss_axes.set_ylabel("training loss (cross-entropy per word)")
-    loss_axes.set_title("training loss")
-    loss_axes.grid(True, alpha=0.3)
+    _label_axes(loss_axes, "optimizer step", "training loss (cross-entropy per word)", "training loss")
 
     scored = [(record["epoch"], record["val"]["f1"]) for record in metrics.get("epochs", []) if record.get("val")]
     if scored:
@@ -239,10 +243,7 @@ def plot_training_curves(metrics: dict, path: str) -> str | None:
         f1_axes.set_ylim(0, 1.05)
     else:
         f1_axes.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=f1_axes.transAxes)
-    f1_axes.set_xlabel("epoch")
-    f1_axes.set_ylabel("entity F1 (micro)")
-    f1_axes.set_title("validation F1")
-    f1_axes.grid(True, alpha=0.3)
+    _label_axes(f1_axes, "epoch", "entity F1 (micro)", "validation F1")
     figure.savefig(path)
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import random
@@ -125,6 +126,7 @@ _MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024   # glibc's largest allowed value on 64
 _TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     """The C library where it is glibc on Linux (it has mallopt and malloc_trim), else None."""
     if not sys.platform.startswith("linux"):
@@ -142,7 +144,7 @@ def keep_freed_memory_for_reuse() -> bool:
 
     A CPU training step allocates and frees hundreds of activation and gradient tensors of
     0.1-30 MB. By default glibc serves each one over 128 KiB with a fresh mmap and unmaps it on
-    free, so every step pays page faults that zero that memory again (about 10% of a MiniLM
+    free, so every step pays page faults that zero that memory again (6-10% of a MiniLM
     step on two cores). Raising the mmap and trim thresholds keeps such blocks in the heap for
     the next step; `release_freed_memory` hands them back when the steps are over.
     Process-wide; a no-op where the C library is not glibc.
