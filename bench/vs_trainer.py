@@ -229,7 +229,7 @@ def run_bare(args: argparse.Namespace) -> dict:
     from nerlib.labels import multinerd_label_set
     from nerlib.loop import build_optimizer, effective_max_length, linear_schedule, prepare
     from nerlib.modeling import load_model_for_training, load_tokenizer
-    from nerlib.kernels import use_cpu_dropout
+    from nerlib.kernels import use_cpu_kernels
     from nerlib.runtime import keep_freed_memory_for_reuse, pad_multiple, resolve_device, resolve_precision, seed_everything
 
     defaults = TrainConfig()
@@ -242,7 +242,7 @@ def run_bare(args: argparse.Namespace) -> dict:
     model = load_model_for_training(args.model, label_set).to(device)
     if device.type == "cpu":  # nerlib's CPU settings, as nerlib.train applies them
         keep_freed_memory_for_reuse()
-        use_cpu_dropout(model)
+        use_cpu_kernels(model)
     max_length = effective_max_length(defaults.max_length, tokenizer, model)
     cache_dir = resolve_cache_dir(True, args.cache_dir)
     encoded = prepare(split, label_set, tokenizer, max_length, cache_dir).encoded

@@ -7,11 +7,17 @@ costs a fraction of that. The mathematics is dropout's: every element is kept in
 probability `1 - p` (rounded to a multiple of 1/65536) and scaled by the exact inverse of that
 probability, so each element's expectation is unchanged. The draws come from torch's default
 generator, so seeding, checkpointed RNG state and resuming work as before.
+
+The attention probabilities are dropped out inside `scaled_dot_product_attention`, out of reach
+of a module swap, so CPU training also gets an attention function (`cpu_attention`) that computes
+the same attention explicitly with this dropout; everywhere else it hands over to transformers'
+SDPA attention.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
 
@@ -77,3 +83,69 @@ def use_cpu_dropout(model: torch.nn.Module) -> int:
             module.__class__ = CpuDropout
             changed += 1
     return changed
+
+
+CPU_ATTENTION = "nerlib_cpu_sdpa"  # the name it is registered under in transformers' attention interfaces
+
+
+def cpu_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention for transformers' `AttentionInterface`: SDPA's mathematics with `dropout_cpu`.
+
+    Used only when training on a CPU with attention dropout in a bidirectional encoder; anything
+    else (inference, CUDA, causal attention) goes to transformers' own SDPA function.
+
+    Args:
+        query, key, value: (batch, heads, seq, head_dim).
+        attention_mask: SDPA's mask, boolean (True: attend) or additive, broadcastable to
+            (batch, heads, seq, seq); None when nothing is masked.
+        dropout: attention-probability dropout; scaling: the score scale (default 1/sqrt(head_dim)).
+
+    Returns:
+        (attention output as (batch, seq, heads, head_dim), None: no weights are returned).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = kwargs.get("is_causal") or getattr(module, "is_causal", False)
+    if not (module.training and dropout > 0 and query.device.type == "cpu") or causal:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scaling)  # (batch, heads, seq, seq)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probabilities = dropout_cpu(scores.softmax(dim=-1), dropout)
+    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), None
+
+
+def use_cpu_attention(model: torch.nn.Module) -> bool:
+    """Make a model that uses transformers' SDPA attention use `cpu_attention` instead.
+
+    The function is registered once, with SDPA's attention mask, under `CPU_ATTENTION`; only the
+    in-memory model changes (a saved config does not record its attention implementation).
+
+    Returns:
+        True where the model was switched; False where it uses another attention (eager, flash, a
+        model without transformers' attention interface), which is left as it is.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return False
+    AttentionInterface.register(CPU_ATTENTION, cpu_attention)
+    AttentionMaskInterface.register(CPU_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(CPU_ATTENTION)
+    return config._attn_implementation == CPU_ATTENTION
+
+
+def use_cpu_kernels(model: torch.nn.Module) -> None:
+    """What CPU training uses instead of torch's serial dropout draws: `CpuDropout` and `cpu_attention`."""
+    use_cpu_dropout(model)
+    use_cpu_attention(model)

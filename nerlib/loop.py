@@ -29,7 +29,7 @@ from .checkpoint import (
 )
 from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
-from .kernels import use_cpu_dropout
+from .kernels import use_cpu_kernels
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import write_reports
@@ -302,9 +302,10 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
     if device.type == "cpu":
         # Two CPU costs the step profile showed (docs/performance.md): page faults from glibc
-        # unmapping freed tensors, and torch's serial per-element dropout draws.
+        # unmapping freed tensors, and torch's serial per-element dropout draws (in the dropout
+        # modules and inside the attention).
         keep_freed_memory_for_reuse()
-        use_cpu_dropout(model)
+        use_cpu_kernels(model)
     # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
     train_model = distributed.wrap_model(model, world)
     distributed.seed_rank(config.seed, world)

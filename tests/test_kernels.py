@@ -1,4 +1,4 @@
-"""The CPU dropout kernel and the allocator setting used by CPU training."""
+"""The CPU dropout kernel, the attention that uses it, and the allocator setting used by CPU training."""
 
 import os
 import sys
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nerlib import kernels
-from nerlib.kernels import CpuDropout, dropout_cpu, use_cpu_dropout
+from nerlib.kernels import CPU_ATTENTION, CpuDropout, dropout_cpu, use_cpu_attention, use_cpu_dropout, use_cpu_kernels
 from nerlib.runtime import keep_freed_memory_for_reuse, release_freed_memory
 
 KEEP_BELOW = round(0.9 * 65536)  # p = 0.1 rounded to a multiple of 1/65536
@@ -103,3 +103,66 @@ def test_freed_memory_is_kept_for_reuse_until_released():
     assert kept > before_free - 64  # freed, yet still held for the next step's tensors
     release_freed_memory()
     assert resident_mib() < kept - 128
+
+
+def _tiny_bert(attention_dropout: float, attn_implementation: str = "sdpa"):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(7)
+    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=32, num_labels=5, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=attention_dropout, attn_implementation=attn_implementation)
+    return BertForTokenClassification(config)
+
+
+PADDED = {"input_ids": torch.tensor([[2, 5, 6, 7, 3, 0], [2, 9, 3, 0, 0, 0]]),
+          "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])}
+
+
+def test_cpu_attention_computes_sdpa_attention_with_its_mask():
+    # p = 1e-7 rounds to "keep everything" in dropout_cpu, yet takes the explicit training path.
+    model = _tiny_bert(1e-7).train()
+    expected = model(**PADDED).logits
+    expected.sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    assert use_cpu_attention(model) is True
+    assert model.config._attn_implementation == CPU_ATTENTION
+    calls = []
+    original = kernels.dropout_cpu
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "dropout_cpu", lambda hidden, p: calls.append(p) or original(hidden, p))
+        logits = model(**PADDED).logits
+    assert calls == [1e-7, 1e-7]  # one explicit attention a layer
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    logits.sum().backward()
+    for grad, expected_grad in zip((p.grad for p in model.parameters()), expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_attention_drops_probabilities_in_training_only():
+    model = _tiny_bert(0.5)
+    reference = model.eval()(**PADDED).logits
+    assert use_cpu_attention(model) is True
+    assert torch.equal(model(**PADDED).logits, reference)  # inference: transformers' SDPA, untouched
+    model.train()
+    torch.manual_seed(8)
+    first = model(**PADDED).logits
+    torch.manual_seed(8)
+    again = model(**PADDED).logits
+    torch.manual_seed(9)
+    other = model(**PADDED).logits
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.allclose(first, reference)
+
+
+def test_cpu_attention_leaves_other_attention_implementations_alone(tmp_path):
+    model = _tiny_bert(0.1, attn_implementation="eager")
+    assert use_cpu_attention(model) is False
+    assert model.config._attn_implementation == "eager"
+    model = _tiny_bert(0.1)
+    use_cpu_kernels(model)
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    model.save_pretrained(str(tmp_path))  # the saved config loads anywhere: no nerlib attention in it
+    with open(tmp_path / "config.json", encoding="utf-8") as handle:
+        assert CPU_ATTENTION not in handle.read()
