@@ -670,6 +670,15 @@ def combine(paths: list[str]) -> tuple[argparse.Namespace, dict, dict, dict, str
             if values:
                 lines.append(f"  {title:<14} {RUN_TITLES[run]:<21} {fmt.format(min(values))} - {fmt.format(max(values))}"
                              f"  ({len(values)})")
+    lines.append("each invocation's own ratios:")
+    for _, settings, file_runs in loaded:
+        own = summarise(file_runs)
+        figures = [(name, own[key], fmt) for name, key, fmt in (
+            ("train", "train_vs_trainer", "x{:.2f}"), ("train vs bf16+grouped", "train_vs_trainer_bf16", "x{:.2f}"),
+            ("eval", "eval_vs_trainer", "x{:.2f}"), ("peak RSS", "rss_vs_trainer", "x{:.2f}"),
+            ("F1 points below", "f1_points_below_lower_trainer", "{:.2f}"), ("loop efficiency", "loop_efficiency", "{:.3f}"))]
+        lines.append(f"  seed {settings.get('seed')}: " + ", ".join(
+            f"{name} {fmt.format(value)}" for name, value, fmt in figures if value is not None))
     args = argparse.Namespace(**{**first_settings, "runs": runs})
     with open(first_path, encoding="utf-8") as handle:
         environment = json.load(handle).get("environment", {})

@@ -112,6 +112,8 @@ def test_combine_averages_each_run_over_the_invocations_that_made_it(tmp_path, c
     assert summary["f1_points_below_lower_trainer"] == pytest.approx(0.0, abs=1e-9)
     assert settings.runs == ["nerlib", "bare", "trainer"]
     assert "seeds 1, 2" in spread and "900 - 1100  (2)" in spread and "1000 - 1000  (1)" in spread
+    assert "seed 1: train x2.25, eval x3.00, peak RSS x1.00, F1 points below 1.00, loop efficiency 0.900" in spread
+    assert "seed 2: train x2.75, eval x2.83, peak RSS x1.00, F1 points below -1.00\n" in spread + "\n"
     assert bench.main(["--combine", first, second]) == 0
     assert "train x2.50" in capsys.readouterr().out
 
