@@ -643,17 +643,18 @@ def combine(paths: list[str]) -> tuple[argparse.Namespace, dict, dict, dict, str
     Raises:
         ValueError: a file that cannot be read, is not the benchmark's JSON, or has other settings.
     """
-    loaded = []
+    loaded, environments = [], []
     for path in paths:
         try:
             with open(path, encoding="utf-8") as handle:
                 document = json.load(handle)
-            settings, runs = document["settings"], document["runs"]
+            settings, runs, environment = document["settings"], document["runs"], document.get("environment", {})
         except OSError as exc:
             raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a --json-out file of this benchmark ({exc})") from None
         loaded.append((path, settings, runs))
+        environments.append(environment)
     first_path, first_settings, _ = loaded[0]
     for path, settings, _ in loaded[1:]:
         differing = [key for key in SAME_SETTINGS if settings.get(key) != first_settings.get(key)]
@@ -680,9 +681,7 @@ def combine(paths: list[str]) -> tuple[argparse.Namespace, dict, dict, dict, str
         lines.append(f"  seed {settings.get('seed')}: " + ", ".join(
             f"{name} {fmt.format(value)}" for name, value, fmt in figures if value is not None))
     args = argparse.Namespace(**{**first_settings, "runs": runs})
-    with open(first_path, encoding="utf-8") as handle:
-        environment = json.load(handle).get("environment", {})
-    return args, results, summarise(results), environment, "\n".join(lines)
+    return args, results, summarise(results), environments[0], "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
