@@ -233,8 +233,8 @@ def run_bare(args: argparse.Namespace) -> dict:
     from nerlib.labels import multinerd_label_set
     from nerlib.loop import build_optimizer, effective_max_length, linear_schedule, prepare
     from nerlib.modeling import load_model_for_training, load_tokenizer
-    from nerlib.kernels import use_cpu_kernels
-    from nerlib.runtime import keep_freed_memory_for_reuse, pad_multiple, resolve_device, resolve_precision, seed_everything
+    from nerlib.kernels import use_cpu_training_settings
+    from nerlib.runtime import pad_multiple, resolve_device, resolve_precision, seed_everything
 
     defaults = TrainConfig()
     device = resolve_device(args.device)
@@ -245,8 +245,7 @@ def run_bare(args: argparse.Namespace) -> dict:
     tokenizer = load_tokenizer(args.model)
     model = load_model_for_training(args.model, label_set).to(device)
     if device.type == "cpu":  # nerlib's CPU settings, as nerlib.train applies them
-        keep_freed_memory_for_reuse()
-        use_cpu_kernels(model)
+        use_cpu_training_settings(model)
     max_length = effective_max_length(defaults.max_length, tokenizer, model)
     cache_dir = resolve_cache_dir(True, args.cache_dir)
     encoded = prepare(split, label_set, tokenizer, max_length, cache_dir).encoded

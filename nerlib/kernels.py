@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .runtime import keep_freed_memory_for_reuse
+
 _DRAW_RANGE = 1 << 16   # each draw is a 16-bit integer
 _DRAWS_PER_WORD = 3     # torch's 64-bit draws have 63 random bits: the low 48 give three draws
 
@@ -145,7 +147,12 @@ def use_cpu_attention(model: torch.nn.Module) -> bool:
     return config._attn_implementation == CPU_ATTENTION
 
 
-def use_cpu_kernels(model: torch.nn.Module) -> None:
-    """What CPU training uses instead of torch's serial dropout draws: `CpuDropout` and `cpu_attention`."""
+def use_cpu_training_settings(model: torch.nn.Module) -> None:
+    """What CPU training changes, against the costs the step profile showed (docs/performance.md).
+
+    Freed memory kept for reuse (page faults from glibc unmapping freed tensors), and the cheaper
+    dropout draws in the dropout modules (`CpuDropout`) and inside the attention (`cpu_attention`).
+    """
+    keep_freed_memory_for_reuse()
     use_cpu_dropout(model)
     use_cpu_attention(model)

@@ -29,12 +29,12 @@ from .checkpoint import (
 )
 from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
-from .kernels import use_cpu_kernels
+from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import write_reports
-from .runtime import (Precision, configure_threads, keep_freed_memory_for_reuse, pad_multiple,
-                      release_freed_memory, resolve_precision, seed_everything)
+from .runtime import (Precision, configure_threads, pad_multiple, release_freed_memory, resolve_precision,
+                      seed_everything)
 from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -301,11 +301,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
     if device.type == "cpu":
-        # Two CPU costs the step profile showed (docs/performance.md): page faults from glibc
-        # unmapping freed tensors, and torch's serial per-element dropout draws (in the dropout
-        # modules and inside the attention).
-        keep_freed_memory_for_reuse()
-        use_cpu_kernels(model)
+        use_cpu_training_settings(model)
     # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
     train_model = distributed.wrap_model(model, world)
     distributed.seed_rank(config.seed, world)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nerlib import kernels
-from nerlib.kernels import CPU_ATTENTION, CpuDropout, dropout_cpu, use_cpu_attention, use_cpu_dropout, use_cpu_kernels
+from nerlib.kernels import (CPU_ATTENTION, CpuDropout, dropout_cpu, use_cpu_attention, use_cpu_dropout,
+                           use_cpu_training_settings)
 from nerlib.runtime import keep_freed_memory_for_reuse, release_freed_memory
 
 KEEP_BELOW = round(0.9 * 65536)  # p = 0.1 rounded to a multiple of 1/65536
@@ -161,7 +162,7 @@ def test_cpu_attention_leaves_other_attention_implementations_alone(tmp_path):
     assert use_cpu_attention(model) is False
     assert model.config._attn_implementation == "eager"
     model = _tiny_bert(0.1)
-    use_cpu_kernels(model)
+    use_cpu_training_settings(model)
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     model.save_pretrained(str(tmp_path))  # the saved config loads anywhere: no nerlib attention in it
     with open(tmp_path / "config.json", encoding="utf-8") as handle:
