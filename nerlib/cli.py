@@ -10,13 +10,15 @@ import os
 import sys
 from typing import Callable
 
-from .config import add_config_arguments, config_from_args
+from .config import BACKENDS, ServeConfig, add_config_arguments, config_from_args
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table
+from .export import export, format_parity
 from .loop import train
 from .prediction import predict_stream, read_texts
 from .reports import PLOTS_HINT, plots_available, table_format, write_metrics_table
+from .serve import serve
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +109,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-out", metavar="FILE", help="write the per-type table to FILE.md (Markdown) or FILE.csv")
     parser.add_argument("--confusion-out", metavar="FILE",
                         help=f"draw the entity confusion matrix into FILE.png (needs matplotlib: {PLOTS_HINT})")
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
     if args.table_out:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
-                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir)
+                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir,
+                   backend=args.backend, int8=args.int8)
     metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, **options)
     if args.table_out:
         write_metrics_table(metrics, args.table_out)
@@ -147,6 +151,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    add_backend_arguments(parser)
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after the texts
     if args.texts and (args.file or args.document):
         raise ConfigError("give texts as arguments or read them with --file / --document, not both")
@@ -162,11 +167,72 @@ def predict_main(argv: list[str] | None = None) -> int:
             texts = read_texts(sys.stdin.buffer, "<stdin>", args.document)
         out = stack.enter_context(_open(args.output, "w", "write")) if args.output else sys.stdout
         for text, entities in predict_stream(args.model_dir, texts, args.batch_size, args.max_length, args.device,
-                                             args.amp):
+                                             args.amp, backend=args.backend, int8=args.int8):
             out.write(json.dumps({"text": text, "entities": [e.to_dict() for e in entities]}, ensure_ascii=False) + "\n")
             count += 1
         out.flush()
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
+    return 0
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and --int8: how a model folder is run."""
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="torch, or onnx for a folder written by `nerlib export --onnx` (ONNX Runtime on the CPU); "
+                             "auto: onnx for an exported folder (default: auto)")
+    parser.add_argument("--int8", action="store_true", help="with the onnx backend, the int8 model of the folder")
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nerlib export",
+        description="Export a trained model folder to ONNX (and int8) with the tokenizer and nerlib's configuration, "
+                    "so the new folder alone predicts; then check that it predicts what PyTorch predicts.")
+    parser.add_argument("model_dir", help="folder written by train.py")
+    parser.add_argument("output_dir", help="the folder to write (must not exist or be empty, unless --overwrite)")
+    parser.add_argument("--onnx", action="store_true", help="export to ONNX (model.onnx), the one format so far")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write model_int8.onnx, its weights dynamically quantised to int8 (ONNX Runtime)")
+    parser.add_argument("--parity-texts", metavar="FILE",
+                        help="check parity on these texts, one a line (default: a data split)")
+    parser.add_argument("--parity-data", metavar="SOURCE",
+                        help="data source of the parity split (default: the model's training data)")
+    parser.add_argument("--parity-split", default="test", help="split of the parity check (default: test)")
+    parser.add_argument("--parity-samples", type=int, metavar="N", help="check on the first N sentences only")
+    parser.add_argument("--lang", help="language of hub-layout files (default: the training language)")
+    parser.add_argument("--max-f1-drop", type=float, default=0.5,
+                        help="most F1 points the int8 model may lose against PyTorch on a split (default: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per batch in the check (default: 64)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    if not args.onnx:
+        raise ConfigError("choose the format to export to: --onnx")
+    if args.parity_samples is not None and args.parity_samples < 1:
+        raise ConfigError(f"--parity-samples must be at least 1, got {args.parity_samples}")
+    texts = None
+    if args.parity_texts:
+        with _open(args.parity_texts, "rb", "read") as handle:
+            texts = [text for text in read_texts(handle, args.parity_texts, False) if text.strip()]
+        if not texts:
+            raise ConfigError(f"{args.parity_texts}: no texts to check parity on")
+    report = export(args.model_dir, args.output_dir, int8=args.int8, parity_texts=texts, parity_data=args.parity_data,
+                    parity_split=args.parity_split, parity_samples=args.parity_samples, lang=args.lang,
+                    max_f1_drop=args.max_f1_drop, batch_size=args.batch_size, overwrite=args.overwrite)
+    print(format_parity(report["parity"]))
+    print(f"wrote {', '.join(report['files'])}, the tokenizer and configuration to {report['output_dir']} "
+          f"in {report['seconds']:.0f} s")
+    return 0
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nerlib serve",
+        description="Serve a model folder over HTTP: POST /predict, GET /health, GET /labels, a page at /, the "
+                    "OpenAPI schema at /openapi.json. Needs: pip install 'nerlib[serve]'.")
+    parser.add_argument("model_dir", help="folder written by train.py or by `nerlib export --onnx`")
+    add_config_arguments(parser, ServeConfig)
+    args = parser.parse_args(argv)
+    serve(args.model_dir, config_from_args(args, ServeConfig))
     return 0
 
 

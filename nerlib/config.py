@@ -1,6 +1,6 @@
-"""TrainConfig: every training option, its default and its help, in one frozen dataclass.
+"""TrainConfig and ServeConfig: every option of training and of `nerlib serve`, its default and its help.
 
-`train.py` derives its flags from the fields, so a default is written once, here.
+`train.py` and `nerlib serve` derive their flags from the fields, so a default is written once, here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from .data import DEFAULT_HUB_DATASET
 from .errors import ConfigError
 
+
+# How a saved model folder is run: PyTorch, or ONNX Runtime for a folder written by `nerlib export --onnx`.
+BACKENDS = ("auto", "torch", "onnx")
 
 # Fields that steer how a run is carried out, not what it computes: they may change on resume.
 RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", "keep_checkpoints", "resume",
@@ -117,6 +120,46 @@ class TrainConfig:
     def load(cls, path: str) -> "TrainConfig":
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Options of `nerlib serve`; the command's flags are derived from these fields."""
+
+    host: str = _opt("127.0.0.1", "address to listen on; the default answers this machine only (0.0.0.0: every "
+                                  "network interface)")
+    port: int = _opt(8000, "TCP port")
+    backend: str = _opt("auto", "torch, or onnx for a folder written by `nerlib export --onnx`; auto: onnx for an "
+                                "exported folder", choices=BACKENDS)
+    int8: bool = _opt(False, "with the onnx backend, the folder's int8 model")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (the onnx backend runs on the CPU)")
+    num_threads: typing.Optional[int] = _opt(None, "CPU threads for the model (default: torch's choice)")
+    batching: bool = _opt(True, "run the texts of requests that arrive together in one call of the model "
+                                "(--no-batching: one request at a time)")
+    batch_wait_ms: float = _opt(2.0, "how long the first request of a batch waits for others to join it")
+    max_batch_texts: int = _opt(256, "most texts that requests batched together may hold")
+    batch_size: int = _opt(32, "windows per forward pass")
+    max_length: typing.Optional[int] = _opt(None, "window size in sub-tokens (default: the training one)")
+    max_body_bytes: int = _opt(1_000_000, "largest request body accepted, in bytes (larger: 413)")
+    max_texts: int = _opt(64, "most texts in one request (more: 413)")
+    max_chars: int = _opt(50_000, "most characters in one text (more: 413)")
+    access_log: bool = _opt(False, "log every request")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_batch_texts", "batch_size", "max_body_bytes", "max_texts", "max_chars"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("num_threads", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"--port must be in 0-65535, got {self.port}")
+        if self.batch_wait_ms < 0:
+            problems.append(f"--batch-wait-ms must not be negative, got {self.batch_wait_ms}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:

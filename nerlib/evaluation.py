@@ -44,7 +44,8 @@ def predict_windows(
     with intra-op threads.
 
     Args:
-        model: a token-classification model.
+        model: a token-classification model, or an `OnnxTokenClassifier` (one stream: ONNX
+            Runtime divides its threads itself).
         encoded: the split's windows.
         windows: the indices of the windows to predict (a rank's shard, or all of them).
         pad_id, batch_size, device, autocast: padding id, windows per batch, where and how to compute.
@@ -96,7 +97,9 @@ def predict_windows(
     try:
         # A torch.autocast object cannot be entered by two threads at once: fp32 only.
         fp32 = autocast is None or isinstance(autocast, contextlib.nullcontext)
-        if on_cpu and fp32 and threads > 1 and len(batches) > 1:
+        # Streams make up for eager torch's Python between kernels; ONNX Runtime divides its threads itself.
+        eager = isinstance(model, torch.nn.Module)
+        if on_cpu and fp32 and eager and threads > 1 and len(batches) > 1:
             # Streams hold the GIL between kernels, so many cores get a few streams of several threads.
             streams = min(threads, MAX_INFERENCE_STREAMS)
             torch.set_num_threads(threads // streams)
@@ -238,6 +241,8 @@ def evaluate(
     confusion_out: str | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
+    backend: str = "auto",
+    int8: bool = False,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -255,6 +260,8 @@ def evaluate(
         confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
             without it a warning says how to install it).
         cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
+        backend, int8: `torch`, `onnx` or `auto` (`onnx` for a folder written by `nerlib export
+            --onnx`), and with onnx whether to run its int8 model.
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
@@ -269,7 +276,7 @@ def evaluate(
     from .data import load_split
     from .errors import ConfigError
     from .loop import effective_max_length, prepare, evaluate_prepared
-    from .modeling import load_trained, read_nerlib_info
+    from .modeling import backend_device, load_trained, read_nerlib_info
     from .runtime import resolve_device, resolve_precision
 
     trained_with = read_nerlib_info(model_dir).get("config", {}) if data is None or lang is None or max_length is None else {}
@@ -277,8 +284,8 @@ def evaluate(
     if not data:
         raise ConfigError(f"{model_dir}: no record of the training data; pass --data")
     lang = lang or trained_with.get("lang", "en")
-    tokenizer, model, label_set = load_trained(model_dir)
-    device_ = resolve_device(device)
+    device_ = resolve_device(backend_device(model_dir, backend, device, amp))
+    tokenizer, model, label_set = load_trained(model_dir, backend=backend, int8=int8)
     precision = resolve_precision(device_, amp, amp_dtype)
     model.to(device_)
     window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)

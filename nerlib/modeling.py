@@ -7,12 +7,16 @@ import logging
 import os
 import re
 
-from .errors import ModelError
+from .config import BACKENDS
+from .errors import ConfigError, ModelError
 from .labels import LabelSet, label_set_from_labels
+from .onnx_backend import ONNX_FILE, OnnxTokenClassifier, is_exported, onnx_file
 
 logger = logging.getLogger(__name__)
 
 NERLIB_CONFIG_FILE = "nerlib_config.json"
+# Files that hold a PyTorch model's weights (safetensors, sharded or not, or a pickle).
+TORCH_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -81,22 +85,82 @@ def load_model_for_training(name: str, label_set: LabelSet, trust_remote_code: b
         hf_logging.set_verbosity(verbosity)
 
 
-def load_trained(model_dir: str, trust_remote_code: bool = False):
+def resolve_backend(model_dir: str, backend: str = "auto") -> str:
+    """`auto` is `onnx` for a folder written by `nerlib export --onnx`, else `torch`.
+
+    Raises:
+        ConfigError: an unknown backend name.
+        ModelError: `onnx` asked of a folder without an ONNX model.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: expected {', '.join(BACKENDS)}")
+    exported = is_exported(model_dir)
+    if backend == "auto":
+        return "onnx" if exported else "torch"
+    if backend == "onnx" and not exported:
+        raise ModelError(f"{model_dir}: no {ONNX_FILE}; write one with `python -m nerlib export {model_dir} OUT --onnx`")
+    return backend
+
+
+def backend_device(model_dir: str, backend: str, device: str, amp: bool) -> str:
+    """The device to run a folder on: `auto` means the CPU for the onnx backend (ONNX Runtime's CPU provider).
+
+    Raises:
+        ConfigError: `amp` with the onnx backend (it computes in the exported precision).
+    """
+    if not os.path.isdir(model_dir) or resolve_backend(model_dir, backend) != "onnx":
+        return device
+    if amp:
+        raise ConfigError("--amp applies to the torch backend; the onnx backend computes in the exported precision")
+    return "cpu" if device == "auto" else device
+
+
+def load_trained(model_dir: str, trust_remote_code: bool = False, backend: str = "auto", int8: bool = False,
+                 num_threads: int | None = None):
     """A model saved by nerlib (or any token-classification model folder) and its label set.
+
+    Args:
+        model_dir: a folder written by `nerlib.train`, or by `nerlib export --onnx`.
+        trust_remote_code: allow model code from the folder (PyTorch backend).
+        backend: `torch`, `onnx` (an exported folder, run by ONNX Runtime on the CPU), or `auto`
+            (`onnx` for an exported folder).
+        int8: with the onnx backend, the dynamically quantised model (`export --int8`).
+        num_threads: ONNX Runtime's threads (onnx backend); None: as many as torch uses.
 
     Returns:
         `(tokenizer, model, label_set)`; the label set is the model's `id2label`, and remaps
         out-of-set MultiNERD classes to `O` when the model was trained on `five` or a subset.
+        With the onnx backend the model is an `OnnxTokenClassifier`, called like the PyTorch one.
+
+    Raises:
+        ModelError: the folder, its model or tokenizer is missing or cannot be loaded.
+        ConfigError: an unknown backend, or `int8` with the torch backend.
+        MissingExtra: the onnx backend without onnxruntime.
     """
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
     if not os.path.isdir(model_dir):
         raise ModelError(f"{model_dir}: model folder does not exist")
+    backend = resolve_backend(model_dir, backend)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise _hub_error(model_dir, exc) from None
+    if backend == "onnx":
+        path = onnx_file(model_dir, int8)
+        if not os.path.isfile(path):
+            raise ModelError(f"{model_dir}: no {os.path.basename(path)}; export with --int8 to write it")
+        try:
+            config = AutoConfig.from_pretrained(model_dir)
+        except Exception as exc:
+            raise _hub_error(model_dir, exc) from None
+        model = OnnxTokenClassifier(path, config, num_threads)
+    else:
+        if int8:
+            raise ConfigError("--int8 needs the onnx backend (a folder written by `nerlib export --onnx --int8`)")
+        if is_exported(model_dir) and not any(os.path.exists(os.path.join(model_dir, name)) for name in TORCH_WEIGHTS):
+            raise ModelError(f"{model_dir}: an exported ONNX folder holds no PyTorch weights; use --backend onnx")
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise _hub_error(model_dir, exc) from None
     id2label = model.config.id2label
     labels = [id2label[i] for i in range(len(id2label))]
     info = read_nerlib_info(model_dir)
