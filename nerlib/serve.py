@@ -3,7 +3,7 @@
     POST /predict   {"text": "..."} or {"texts": ["...", ...]}  ->  {"results": [{"entities": [...]}], "labels", "types"}
     GET  /health    model, backend and counters        GET /labels   the label set and entity types
     GET  /          a page to paste text into and see its entities highlighted
-    GET  /docs      the OpenAPI page (/openapi.json the schema)
+    GET  /openapi.json  the OpenAPI schema
 
 One worker thread runs the model. Requests wait in a queue; with batching on, the worker takes the
 first one, gathers what else arrives within `batch_wait_ms` (and whatever queued up while it was
@@ -265,7 +265,8 @@ def create_app(predictor: Predictor, config: ServeConfig, model_name: str = "mod
         yield
         batcher.close()
 
-    app = fastapi.FastAPI(title="nerlib", version=_version(), lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is at /openapi.json.
+    app = fastapi.FastAPI(title="nerlib", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                           description="Named entities in raw text, with character offsets.")
     app.state.batcher = batcher
 
