@@ -335,7 +335,7 @@ def test_serve_command_listens_on_loopback_and_stops_on_ctrl_c(model):
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            output, _ = process.communicate(timeout=30)
+            output, _ = process.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             process.kill()
             output, _ = process.communicate()
