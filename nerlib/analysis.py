@@ -218,7 +218,7 @@ def analyse(
         `predicted` entity counts), `confusion` (`rows`: gold types then `spurious`; `columns`:
         predicted types then `missed`; `counts`: gold/predicted type pairs of every paired
         outcome), `slices` (name -> bucket rows with `gold`, `predicted`, `exact`, `precision`,
-        `recall`, `f1`), `sentences_with_errors` and `sentences` (the `top` sentences with the
+        `recall`, `f1`), `sentences_with_errors` and `worst_sentences` (the `top` sentences with the
         most errors, most first, then in split order: `index`, `source`, `tokens`, `gold`,
         `pred`, `errors`, `outcomes`).
 
@@ -265,12 +265,12 @@ def analyse(
 
     errors = [sum(o.kind != EXACT for o in outcomes) for outcomes in per_sentence]
     worst = sorted((i for i, n in enumerate(errors) if n), key=lambda i: (-errors[i], i))[:top]
-    sentences = []
+    worst_sentences = []
     for i in worst:
         gold_spans = [list(span) for span in entity_spans(gold_tags[i])]
         pred_spans = [list(span) for span in entity_spans(pred_tags[i])]
         source = {"file": sources[i][0], "line": sources[i][1]} if sources is not None else None
-        sentences.append({"index": i, "source": source, "tokens": list(tokens[i]), "gold": gold_spans,
+        worst_sentences.append({"index": i, "source": source, "tokens": list(tokens[i]), "gold": gold_spans,
                           "pred": pred_spans, "errors": errors[i],
                           "outcomes": [o.to_dict() for o in per_sentence[i]]})
     return {
@@ -279,5 +279,5 @@ def analyse(
         "confusion": {"rows": ordered + [SPURIOUS], "columns": ordered + [MISSED], "counts": confusion},
         "slices": {name: buckets.rows() for name, buckets in slices.items() if buckets is not None},
         "sentences_with_errors": sum(1 for n in errors if n),
-        "sentences": sentences,
+        "worst_sentences": worst_sentences,
     }
