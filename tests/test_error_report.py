@@ -226,6 +226,9 @@ def test_training_writes_the_report_beside_the_card_and_the_card_names_the_base_
     report = read_json(os.path.join(model_dir, "report.json"))
     seen = {row["name"]: row for row in report["slices"]["seen in training"]}
     assert f"seen in training {seen['seen']['f1']:.4f}" in card
+    errors = {k: v for k, v in report["outcomes"]["total"].items() if k not in ("exact", "gold", "predicted")}
+    top = max(errors, key=errors.get)
+    assert f"the most frequent is **{top.replace('_', ' ')}** ({top.replace('_', ' ')} {errors[top]}" in card
     # Named by the folder's own name, never by a path of the machine that trained.
     assert f"`{os.path.basename(tracked_run.encoder)}` fine-tuned" in card
     assert tracked_run.encoder not in card and os.path.dirname(tracked_run.data) not in card
@@ -296,6 +299,20 @@ def test_a_resumed_log_drops_the_steps_trained_again_and_other_ranks_write_nothi
     log.step(1, 1, 1.0, 1e-3, 1.0)
     log.close()
     assert os.listdir(other) == []
+
+
+def test_a_resumed_run_replaces_the_tensorboard_events_of_the_steps_trained_again(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package (extra nerlib[tensorboard]) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with FileRunLog(str(tmp_path), tensorboard=True) as log:
+        for step in range(1, 6):
+            log.step(step, 1, float(step), 1e-3, 100.0)
+    with FileRunLog(str(tmp_path), tensorboard=True, resume_step=3) as log:
+        log.step(4, 1, 40.0, 1e-3, 100.0)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
 def test_report_to_tensorboard_without_the_package_is_one_line(monkeypatch, tmp_path, tiny_encoder, capsys):
