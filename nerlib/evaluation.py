@@ -302,37 +302,25 @@ def evaluate(
             "words_in_split": loaded.num_words, "strict": strict}
 
 
-def error_report(
-    model_dir: str,
-    data: str | None = None,
-    split: str = "test",
-    lang: str | None = None,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    max_samples: int | None = None,
-    device: str = "auto",
-    amp: bool = False,
-    amp_dtype: str = "auto",
-    cache: bool = True,
-    cache_dir: str | None = None,
-    top: int = 100,
-) -> dict:
+def error_report(model_dir: str, top: int = 100, **options) -> dict:
     """The error analysis of a saved model on one split: what `evaluate(..., report_json_out=...)` writes.
 
-    The arguments are `evaluate`'s; `top` is how many of the sentences with the most errors to list.
+    Args:
+        model_dir: a folder written by `nerlib.train` (or any token-classification model).
+        top: how many of the sentences with the most errors to list.
+        options: `evaluate`'s `data`, `split`, `lang`, `batch_size`, `max_length`, `max_samples`,
+            `device`, `amp`, `amp_dtype`, `cache`, `cache_dir`.
 
     Returns:
         `nerlib.reports.build_error_report`'s dict: `scores` (`lenient`: the figures `evaluate`
         returns, `strict`), `outcomes` (exact, wrong type, wrong boundary, wrong boundary and
         type, missed, spurious: per type and in total), `confusion`, `slices` (seen in training
-        or not, entity length, sentence length, windows per sentence) and `sentences`.
+        or not, entity length, sentence length, windows per sentence) and `worst_sentences`.
 
     Raises:
         NerlibError: missing model folder or bad data.
     """
-    run = _predict_split(model_dir, data, split, lang, batch_size, max_length, max_samples, device, amp, amp_dtype,
-                         False, cache, cache_dir)
-    return _build_report(model_dir, run, top)
+    return _build_report(model_dir, _predict_split(model_dir, **options), top)
 
 
 @dataclass
@@ -348,9 +336,10 @@ class _Predicted:
     trained_with: dict
 
 
-def _predict_split(model_dir: str, data: str | None, split: str, lang: str | None, batch_size: int,
-                   max_length: int | None, max_samples: int | None, device: str, amp: bool, amp_dtype: str,
-                   strict: bool, cache: bool, cache_dir: str | None) -> _Predicted:
+def _predict_split(model_dir: str, data: str | None = None, split: str = "test", lang: str | None = None,
+                   batch_size: int = 64, max_length: int | None = None, max_samples: int | None = None,
+                   device: str = "auto", amp: bool = False, amp_dtype: str = "auto", strict: bool = False,
+                   cache: bool = True, cache_dir: str | None = None) -> _Predicted:
     from .cache import resolve_cache_dir
     from .data import load_split
     from .errors import ConfigError
