@@ -14,11 +14,11 @@ from .config import add_config_arguments, config_from_args
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table
+from .html_report import entity_page_head, entity_page_tail, entity_page_text
 from .loop import train
 from .prediction import predict_stream, read_texts
-from .html_report import entity_page_head, entity_page_tail, entity_page_text
-from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
+from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 

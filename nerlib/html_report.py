@@ -156,11 +156,14 @@ def highlight_words(tokens: Sequence[str], spans: Sequence[tuple[str, int, int, 
     return highlight_text(" ".join(tokens), char_spans)
 
 
-def _page(title: str, body: str, script: str = "") -> str:
+def _page_head(title: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{_escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
-            + (f"<script>{script}</script>\n" if script else "") + "</body>\n</html>\n")
+            f"<title>{_escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n")
+
+
+def _page_tail(script: str = "") -> str:
+    return (f"<script>{script}</script>\n" if script else "") + "</body>\n</html>\n"
 
 
 def _number(value: float) -> str:
@@ -376,7 +379,7 @@ def render_report(report: dict) -> str:
         + f'</select></label><span id="shown">{len(report["worst_sentences"])}</span> sentences shown</div>',
         "".join(_sentence_block(sentence) for sentence in report["worst_sentences"]),
     ]
-    return _page(f"Error report: {report.get('model', '')}", "\n".join(body), FILTER_SCRIPT)
+    return _page_head(f"Error report: {report.get('model', '')}") + "\n".join(body) + "\n" + _page_tail(FILTER_SCRIPT)
 
 
 def write_report(report: dict, html_path: str | None = None, json_path: str | None = None) -> None:
@@ -400,8 +403,7 @@ def write_report(report: dict, html_path: str | None = None, json_path: str | No
 
 def entity_page_head(title: str = "Tagged texts") -> str:
     """The start of a page of tagged texts (then `entity_page_text` for each text, then `entity_page_tail`)."""
-    page = _page(title, "\x00")
-    return page[:page.index("\x00")] + f"<h1>{_escape(title)}</h1>\n"
+    return _page_head(title) + f"<h1>{_escape(title)}</h1>\n"
 
 
 def entity_page_text(number: int, text: str, entities: Sequence) -> str:
@@ -412,5 +414,4 @@ def entity_page_text(number: int, text: str, entities: Sequence) -> str:
 
 def entity_page_tail(types: Iterable[str] = ()) -> str:
     """The end of a page of tagged texts, with a legend of the types."""
-    page = _page("", "\x00")
-    return (_type_legend(types) if types else "") + page[page.index("\x00") + 1:]
+    return (_type_legend(types) if types else "") + _page_tail()
