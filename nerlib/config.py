@@ -27,6 +27,16 @@ def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
+def _below_one(config, names: tuple) -> list[str]:
+    """A problem for each of these fields that is set (not None) and below 1."""
+    problems = []
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return problems
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of a training run. Defaults follow the original notebook."""
@@ -74,14 +84,8 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the model folder or hub (off: only built-in architectures)")
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_train_samples", "max_eval_samples", "num_threads", "save_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        problems = _below_one(self, ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
+                                     "max_train_samples", "max_eval_samples", "num_threads", "save_steps"))
         if self.keep_checkpoints < 1:
             problems.append(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.resume and self.overwrite:
@@ -149,14 +153,8 @@ class ServeConfig:
     access_log: bool = _opt(False, "log every request")
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_batch_texts", "batch_size", "max_body_bytes", "max_texts", "max_chars"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("num_threads", "max_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        problems = _below_one(self, ("max_batch_texts", "batch_size", "max_body_bytes", "max_texts", "max_chars",
+                                     "num_threads", "max_length"))
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be in 0-65535, got {self.port}")
         if self.batch_wait_ms < 0:
