@@ -140,6 +140,19 @@ def test_parity_report_matches_evaluation_of_each_model(exported):
     assert f"onnx int8    {rows['onnx int8']['f1']:>12.4f}" in printed and "model_int8.onnx" in printed
 
 
+def test_int8_model_is_the_quantised_graph(exported):
+    """--int8 runs model_int8.onnx: logits near the fp32 model's but not equal to them (weights rounded to int8)."""
+    from nerlib.modeling import load_trained
+
+    fp32 = load_trained(exported.onnx_dir, backend="onnx")[1]
+    int8 = load_trained(exported.onnx_dir, backend="onnx", int8=True)[1]
+    assert os.path.basename(int8.path) == "model_int8.onnx"
+    assert os.path.getsize(int8.path) < os.path.getsize(fp32.path)
+    ids = torch.randint(5, fp32.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    full, quantised = fp32(input_ids=ids).logits, int8(input_ids=ids).logits
+    assert not torch.equal(full, quantised) and torch.allclose(full, quantised, atol=0.5)
+
+
 def test_evaluate_cli_runs_the_int8_model(exported, capsys):
     assert run(evaluate_main, [exported.onnx_dir, "--int8", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -165,12 +178,13 @@ def _broken_export(good_onnx: str):
 def test_failed_parity_exits_5_keeps_the_partial_export_and_writes_nothing_else(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "export_onnx", _broken_export(os.path.join(exported.onnx_dir, "model.onnx")))
     texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")  # one text a line; empty lines are skipped
+    lines = [line for line in "\n".join(TEXTS).split("\n") if line.strip()]
     out = str(tmp_path / "out")
     result = run_quietly(export_main, [exported.model_dir, out, "--onnx", "--parity-texts", str(texts)])
     assert result.code == 5
     (line,) = result.err.strip().splitlines()
-    assert "parity check failed: the fp32 ONNX model's entities differ from PyTorch's in 3 texts" in line
+    assert f"parity check failed: the fp32 ONNX model's entities differ from PyTorch's in {len(lines)} texts" in line
     assert not os.path.exists(out) and os.path.isfile(os.path.join(out + ".partial", "model.onnx"))
 
 
@@ -179,11 +193,12 @@ def test_parity_on_texts_passes_with_the_real_graph(exported, tmp_path, monkeypa
     monkeypatch.setattr(export_module, "export_onnx", lambda model, path, opset=None: shutil.copyfile(good, path))
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS + [LONG_TEXT]) + "\n", encoding="utf-8")
+    lines = [line for line in "\n".join(TEXTS + [LONG_TEXT]).split("\n") if line.strip()]
     out = str(tmp_path / "out")
     result = run_quietly(export_main, [exported.model_dir, out, "--onnx", "--parity-texts", str(texts)])
     assert result.code == 0, result.err
-    entities = sum(map(len, nerlib.predict(exported.model_dir, TEXTS + [LONG_TEXT], device="cpu")))
-    assert f"parity with PyTorch on the 4 texts ({entities} entities found by PyTorch)" in result.out
+    entities = sum(map(len, nerlib.predict(exported.model_dir, lines, device="cpu")))
+    assert f"parity with PyTorch on the {len(lines)} texts ({entities} entities found by PyTorch)" in result.out
     assert "onnx fp32          1.0000                  0   identical entities; scores within" in result.out
     assert sorted(os.listdir(out)) == sorted(set(os.listdir(exported.onnx_dir)) - {"model_int8.onnx"})
 
