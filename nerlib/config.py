@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 
@@ -18,6 +20,96 @@ from .errors import ConfigError
 # Fields that steer how a run is carried out, not what it computes: they may change on resume.
 RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", "keep_checkpoints", "resume",
                          "overwrite", "force", "eval_batch_size", "cache", "cache_dir"})
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    """The values a numeric option accepts: a finite number (a whole one when `integer`) in a range."""
+
+    minimum: float
+    maximum: float = math.inf
+    integer: bool = True
+    minimum_allowed: bool = True   # False: the minimum itself is refused (a learning rate of 0)
+    maximum_allowed: bool = True   # False: the maximum itself is refused (a warmup ratio of 1)
+
+    def problem(self, flag: str, value) -> str | None:
+        """What is wrong with `value` for `flag`, or None when it is accepted."""
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not (whole or (not self.integer and isinstance(value, numbers.Real) and not isinstance(value, bool))):
+            return f"{flag} must be a {'whole ' if self.integer else ''}number, got {value!r}"
+        if not math.isfinite(value):
+            return f"{flag} must be a finite number, got {value}"
+        above = value >= self.minimum if self.minimum_allowed else value > self.minimum
+        below = value <= self.maximum if self.maximum_allowed else value < self.maximum
+        if above and below:
+            return None
+        low, high = _plain(self.minimum), _plain(self.maximum)
+        if math.isinf(self.maximum):
+            bound = f"at least {low}" if self.minimum_allowed else f"greater than {low}"
+        else:
+            bound = f"in {'[' if self.minimum_allowed else '('}{low}, {high}{']' if self.maximum_allowed else ')'}"
+        return f"{flag} must be {bound}, got {value}"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+# The smallest window: one sub-token beside the two special tokens ([CLS] and [SEP]) most encoders add.
+# A tokenizer that adds more is refused when the split is encoded, with the size it needs.
+MIN_MAX_LENGTH = 3
+
+_COUNT = NumberRule(1)
+
+# Every numeric option of train.py (TrainConfig), evaluate.py and `python -m nerlib predict`, checked
+# here and nowhere else. None always means "not set" and is accepted.
+NUMBER_RULES: dict[str, NumberRule] = {
+    "epochs": _COUNT,
+    "batch_size": _COUNT,
+    "eval_batch_size": _COUNT,
+    "grad_accum": _COUNT,
+    "max_train_samples": _COUNT,
+    "max_eval_samples": _COUNT,
+    "max_samples": _COUNT,
+    "num_threads": NumberRule(1, 1024),  # torch takes a 32-bit count; 1024 is more cores than machines have
+    "save_steps": _COUNT,
+    "keep_checkpoints": _COUNT,
+    "max_length": NumberRule(MIN_MAX_LENGTH),
+    "seed": NumberRule(0, 2**32 - 1),   # what NumPy's generator accepts
+    "lr": NumberRule(0, integer=False, minimum_allowed=False),
+    "weight_decay": NumberRule(0, integer=False),
+    "warmup_ratio": NumberRule(0, 1, integer=False, maximum_allowed=False),
+    "max_grad_norm": NumberRule(0, integer=False),
+}
+
+
+def number_problems(values: dict) -> list[str]:
+    """What is wrong with some numeric options, one phrase each naming the flag.
+
+    Args:
+        values: option name (a key of `NUMBER_RULES`, e.g. `max_length`) -> value; None is not set.
+
+    Returns:
+        The problems, in the order of `values`; empty when every value is accepted.
+    """
+    problems = []
+    for name, value in values.items():
+        if value is not None:
+            problem = NUMBER_RULES[name].problem("--" + name.replace("_", "-"), value)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def check_numbers(**values) -> None:
+    """Refuse bad numeric options before anything is loaded: `check_numbers(batch_size=0)`.
+
+    Raises:
+        ConfigError: every problem, in one line.
+    """
+    problems = number_problems(values)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _opt(default, help: str, **extra):
@@ -68,26 +160,10 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the model folder or hub (off: only built-in architectures)")
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_train_samples", "max_eval_samples", "num_threads", "save_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.keep_checkpoints < 1:
-            problems.append(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        problems = number_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                    if f.name in NUMBER_RULES})
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other")
-        if self.lr <= 0:
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            problems.append(f"--weight-decay must not be negative, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_grad_norm < 0:
-            problems.append(f"--max-grad-norm must not be negative, got {self.max_grad_norm}")
         if self.amp_dtype not in ("auto", "bf16", "fp16"):
             problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
