@@ -157,6 +157,26 @@ def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set
 MAX_CONSECUTIVE_SKIPPED = 25
 
 
+def _check_finite_weights(model: torch.nn.Module, step: int, output_dir: str) -> None:
+    """Refuse to go on (and so to save) once a weight is NaN or infinite.
+
+    The loss check sees such weights only at the next step's forward pass (and never those of rows
+    no batch uses); this runs before every checkpoint and at the end of every epoch, so a model that
+    diverged is never written. One pass over the weights: cheap beside an epoch.
+
+    Raises:
+        NonFiniteLoss: naming the step and the first parameter that is not finite.
+    """
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            last = list_checkpoints(output_dir)
+            raise NonFiniteLoss(
+                f"NaN or infinite weights ({name}) after step {step}; they were not saved"
+                + (f"; the last good checkpoint is {last[-1]}" if last else "")
+                + "; try a lower --lr or --weight-decay"
+            )
+
+
 class _StopRequest:
     """Signal handler that asks the loop to stop after the current step; a second signal stops at once."""
 
@@ -344,6 +364,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                     global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     def checkpoint() -> str:
+        _check_finite_weights(model, state["global_step"], output_dir)
         # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
         rank_rngs = distributed.gather_to_main(rng_state(), world)
         path = checkpoint_path(output_dir, state["global_step"])
@@ -443,6 +464,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         bar.close()
                         raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
             state["epoch_seconds"] += time.perf_counter() - segment_started
+            _check_finite_weights(model, state["global_step"], output_dir)  # before evaluating and saving
             if device.type == "cpu":
                 release_freed_memory()  # what the steps kept for reuse, before validation and saving
             record = {"epoch": epoch, "train_loss": state["epoch_loss"] / max(1, state["epoch_words"]),
