@@ -1,5 +1,6 @@
 """`python -m nerlib train ...` / `python -m nerlib evaluate ...` / `python -m nerlib predict ...`."""
 
+import os
 import sys
 
 from .cli import evaluate_main, predict_main, run, train_main
@@ -11,6 +12,9 @@ def main() -> int:
         print(f"usage: python -m nerlib {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
     command = sys.argv.pop(1)
+    # Errors and usage lines name the command as it was typed: `python -m nerlib predict: error: ...`.
+    program = "python -m nerlib" if sys.argv[0].endswith("__main__.py") else os.path.basename(sys.argv[0])
+    sys.argv[0] = f"{program} {command}"
     return run(commands[command])
 
 

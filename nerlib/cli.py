@@ -10,10 +10,10 @@ import os
 import sys
 from typing import Callable
 
-from .config import add_config_arguments, config_from_args
+from .config import add_config_arguments, check_numbers, config_from_args
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
-from .evaluation import evaluate, format_table
+from .evaluation import evaluate, format_table, json_line, prepare_output_file
 from .loop import train
 from .prediction import predict_stream, read_texts
 from .reports import PLOTS_HINT, plots_available, table_format, write_metrics_table
@@ -21,10 +21,19 @@ from .reports import PLOTS_HINT, plots_available, table_format, write_metrics_ta
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+STDOUT = "standard output"
+
+
+class OutputClosed(Exception):
+    """The reader of standard output went away (`| head -1`): the program stops quietly."""
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a CLI's main: a user error becomes one line on stderr and exit code 2, never a traceback."""
+    """Run a CLI's main: a user error becomes one line on stderr and exit code 2, never a traceback.
+
+    A closed standard output (a pipe whose reader stopped) ends the program quietly with exit code
+    0, as Unix tools stop; any other error writing it (a full disk) is a user error.
+    """
     # Under torchrun only rank 0 reports progress; the other ranks speak up for warnings and errors.
     rank = env_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -37,7 +46,11 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     hf_logging.disable_progress_bar()  # weight-loading and shard-writing bars drown the training bar
     prog = os.path.basename(sys.argv[0]) or "nerlib"
     try:
-        return main(argv)
+        code = main(argv)
+        write(sys.stdout, STDOUT, flush=True)  # what is still buffered fails here, not at the interpreter's exit
+        return code
+    except OutputClosed:
+        return 0
     except NerlibError as exc:
         kind = "stopped" if isinstance(exc, TrainingStopped) else "error"
         print(f"{prog}: {kind}: {exc}", file=sys.stderr)
@@ -45,6 +58,46 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def write(stream, name: str, text: str = "", flush: bool = False) -> None:
+    """Write to an output stream, turning its errors into user errors.
+
+    Args:
+        stream: an open text stream (standard output, or a file the user named).
+        name: what to call it in an error message.
+        text: what to write.
+        flush: flush the stream too.
+
+    Raises:
+        OutputClosed: standard output is a pipe whose reader went away.
+        ConfigError: any other write error (a full disk), naming the stream.
+    """
+    try:
+        stream.write(text)
+        if flush:
+            stream.flush()
+    except OSError as exc:
+        if stream is sys.stdout:
+            _discard_stdout()
+            if isinstance(exc, BrokenPipeError):
+                raise OutputClosed from None
+        raise ConfigError(f"{name}: cannot write ({exc.strerror or exc})") from None
+
+
+def _discard_stdout() -> None:
+    """Point standard output at the null device, so what is still buffered cannot fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a captured stream): nothing to flush at exit
+        pass
+
+
+def say(*lines: str) -> None:
+    """Print lines on standard output (see `write` for its errors)."""
+    write(sys.stdout, STDOUT, "".join(line + "\n" for line in lines))
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -56,12 +109,12 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     if metrics["test"] is not None:
         test = metrics["test"]
-        print(format_table(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
-        print(f"scored {test['words']} of {metrics['test_words_in_split']} test words")
+        say(format_table(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"),
+            f"scored {test['words']} of {metrics['test_words_in_split']} test words")
     elif metrics["val"] is not None:
-        print(format_table(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
-    print(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s")
-    print(saved_summary(metrics))
+        say(format_table(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+    say(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s",
+        saved_summary(metrics))
     return 0
 
 
@@ -108,8 +161,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confusion-out", metavar="FILE",
                         help=f"draw the entity confusion matrix into FILE.png (needs matplotlib: {PLOTS_HINT})")
     args = parser.parse_args(argv)
+    check_numbers(batch_size=args.batch_size, max_length=args.max_length, max_samples=args.max_samples)
     if args.table_out:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
+        prepare_output_file(args.table_out)
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
                    predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir)
@@ -121,13 +176,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if args.json:
         if strict is not None:
             metrics["strict"] = {k: strict[k] for k in ("precision", "recall", "f1", "accuracy", "words", "per_type")}
-        print(json.dumps(metrics, indent=2))
+        say(json.dumps(metrics, indent=2))
         return 0
-    print(format_table(metrics, title=f"{metrics['split']} split of {metrics['data']}"))
-    print(f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences")
+    scored = f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences"
+    if metrics["sentences"] < metrics["sentences_in_split"]:
+        scored += f" (the first {metrics['sentences']} of the split's {metrics['sentences_in_split']}: --max-samples)"
+    say(format_table(metrics, title=f"{metrics['split']} split of {metrics['data']}"), scored)
     if strict is not None:
-        print()
-        print(format_table(strict, title="strict IOB2"))
+        say("", format_table(strict, title="strict IOB2"))
     return 0
 
 
@@ -148,8 +204,11 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after the texts
+    check_numbers(batch_size=args.batch_size, max_length=args.max_length)
     if args.texts and (args.file or args.document):
         raise ConfigError("give texts as arguments or read them with --file / --document, not both")
+    if args.output:
+        prepare_output_file(args.output)
     count = 0
     with contextlib.ExitStack() as stack:
         if args.texts:
@@ -160,14 +219,31 @@ def predict_main(argv: list[str] | None = None) -> int:
             if sys.stdin.isatty():
                 logger.info("reading texts from standard input, one a line (end with Ctrl-D)")
             texts = read_texts(sys.stdin.buffer, "<stdin>", args.document)
-        out = stack.enter_context(_open(args.output, "w", "write")) if args.output else sys.stdout
+        out = stack.enter_context(_output_file(args.output)) if args.output else sys.stdout
+        name = args.output or STDOUT
         for text, entities in predict_stream(args.model_dir, texts, args.batch_size, args.max_length, args.device,
                                              args.amp):
-            out.write(json.dumps({"text": text, "entities": [e.to_dict() for e in entities]}, ensure_ascii=False) + "\n")
+            write(out, name, json_line({"text": text, "entities": [e.to_dict() for e in entities]}))
             count += 1
-        out.flush()
+        write(out, name, flush=True)
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
     return 0
+
+
+@contextlib.contextmanager
+def _output_file(path: str):
+    """An output file whose write errors, closing included, are one line (see `write`)."""
+    handle = _open(path, "w", "write")
+    try:
+        yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.close()  # its buffer holds what could not be written; that error is on its way up
+        raise
+    try:
+        handle.close()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def _open(path: str, mode: str, verb: str):

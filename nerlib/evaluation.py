@@ -7,7 +7,9 @@ is word-level, the definitions behind the original notebook's table.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -15,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .config import check_numbers
+from .errors import ConfigError
 from .features import IGNORE_INDEX, Encoded, collate, sorted_batches, uniform_length_batches
 from .runtime import pad_multiple
 
@@ -161,6 +165,35 @@ def predict_encoded(
     return assemble_words(encoded, windows, predictions)
 
 
+# Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that
+# json.dumps(ensure_ascii=False) leaves raw: escaped, so one JSON line stays one line for every reader.
+_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(record) -> str:
+    """`record` as one line of JSON (UTF-8 text kept readable), newline included."""
+    line = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS_JSON_KEEPS.items():
+        line = line.replace(raw, escaped)  # outside strings JSON is ASCII, so these are inside strings
+    return line + "\n"
+
+
+def prepare_output_file(path: str) -> None:
+    """Make sure an output file can be written before the work that fills it: missing folders are created.
+
+    Raises:
+        ConfigError: `path` is a folder, or its folder cannot be created.
+    """
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise ConfigError(f"{path}: cannot create its folder {folder} ({reason})") from None
+
+
 def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:
     """seqeval metrics of predicted against gold tag sequences.
 
@@ -253,25 +286,28 @@ def evaluate(
         strict: score entities by strict IOB2 rules instead of seqeval's default.
         predictions_out: write one JSON line a sentence, `{"tokens", "gold", "pred"}`.
         confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
-            without it a warning says how to install it).
+            without it a warning says how to install it). Missing folders of both files are created.
         cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
-        `sentences` and `words_in_split`.
+        `sentences` (scored), `words_in_split` (the words of those sentences) and
+        `sentences_in_split` (all of the split's, more than `sentences` under `max_samples`).
 
     Raises:
-        NerlibError: missing model folder, bad data, or an unwritable predictions file.
+        NerlibError: a numeric option out of range, missing or damaged model folder, bad data, or an
+            output file that cannot be written.
     """
-    import json
-
     from .cache import resolve_cache_dir
     from .data import load_split
-    from .errors import ConfigError
     from .loop import effective_max_length, prepare, evaluate_prepared
     from .modeling import load_trained, read_nerlib_info
     from .runtime import resolve_device, resolve_precision
 
+    check_numbers(batch_size=batch_size, max_length=max_length, max_samples=max_samples)
+    for path in (predictions_out, confusion_out):
+        if path:
+            prepare_output_file(path)  # a bad path fails now, not after the evaluation
     trained_with = read_nerlib_info(model_dir).get("config", {}) if data is None or lang is None or max_length is None else {}
     data = data or trained_with.get("data")
     if not data:
@@ -282,7 +318,8 @@ def evaluate(
     precision = resolve_precision(device_, amp, amp_dtype)
     model.to(device_)
     window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
-    loaded = load_split(data, split, lang).head(max_samples)
+    whole_split = load_split(data, split, lang)
+    loaded = whole_split.head(max_samples)
     prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
@@ -293,8 +330,8 @@ def evaluate(
         try:
             with open(predictions_out, "w", encoding="utf-8") as handle:
                 for sentence, gold, pred in zip(loaded.sentences, prepared.encoded.gold, predicted):
-                    handle.write(json.dumps({"tokens": list(sentence.tokens), "gold": [labels[i] for i in gold],
-                                             "pred": [labels[i] for i in pred]}, ensure_ascii=False) + "\n")
+                    handle.write(json_line({"tokens": list(sentence.tokens), "gold": [labels[i] for i in gold],
+                                            "pred": [labels[i] for i in pred]}))
         except OSError as exc:
             raise ConfigError(f"{predictions_out}: cannot write predictions ({exc.strerror})") from None
     if confusion_out:
@@ -303,7 +340,12 @@ def evaluate(
         labels = label_set.labels
         confusion = confusion_counts([[labels[i] for i in ids] for ids in prepared.encoded.gold],
                                      [[labels[i] for i in ids] for ids in predicted], label_set.classes)
-        if plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion"):
+        try:
+            drawn = plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion")
+        except (OSError, ValueError) as exc:  # a full disk; an image format matplotlib does not write
+            raise ConfigError(f"{confusion_out}: cannot draw the confusion matrix "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        if drawn:
             logger.info("drew the entity confusion matrix into %s", confusion_out)
     return {**metrics, "split": loaded.name, "data": data, "sentences": len(loaded.sentences),
-            "words_in_split": loaded.num_words, "strict": strict}
+            "words_in_split": loaded.num_words, "sentences_in_split": len(whole_split.sentences), "strict": strict}
