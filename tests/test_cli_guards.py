@@ -220,12 +220,15 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(damage, main, saved_
 # ---------------------------------------------------------------- output errors
 
 
-def test_evaluate_output_files_get_their_missing_folders(saved_model, tmp_path, capsys):
+def test_output_files_get_their_missing_folders(saved_model, tmp_path, capsys):
     model_dir, _ = saved_model
     outputs = [tmp_path / "a" / "table.md", tmp_path / "b" / "c" / "confusion.png", tmp_path / "d" / "p.jsonl"]
     assert run(evaluate_main, [model_dir, "--device", "cpu", "--table-out", str(outputs[0]), "--confusion-out",
                                str(outputs[1]), "--predictions-out", str(outputs[2])]) == 0
     assert all(path.stat().st_size > 0 for path in outputs)
+    entities = tmp_path / "e" / "f" / "entities.jsonl"
+    assert run(predict_main, [model_dir, "--device", "cpu", "--output", str(entities), "alice saw bob"]) == 0
+    assert json.loads(entities.read_text(encoding="utf-8"))["text"] == "alice saw bob"
     capsys.readouterr()
     (tmp_path / "file").write_text("")
     assert run(evaluate_main, [model_dir, "--device", "cpu", "--confusion-out", str(tmp_path / "file" / "c.png")]) == 2
@@ -281,6 +284,15 @@ def test_a_full_disk_on_standard_output_is_one_line(saved_model):
     assert stderr.strip().splitlines()[-1] == \
         "python -m nerlib predict: error: standard output: cannot write (No space left on device)"
     assert "Traceback" not in stderr and "Exception" not in stderr
+
+
+@pytest.mark.skipif(not _dev_full_is_a_device(), reason="needs the /dev/full device (Linux)")
+def test_a_full_disk_under_an_output_file_is_one_line(saved_model, capsys):
+    model_dir, _ = saved_model
+    assert run(predict_main, [model_dir, "--device", "cpu", "--output", "/dev/full", "alice saw bob"]) == 2
+    one_line_error(capsys.readouterr(), "/dev/full: cannot write (No space left on device)")
+    assert run(evaluate_main, [model_dir, "--device", "cpu", "--predictions-out", "/dev/full"]) == 2
+    one_line_error(capsys.readouterr(), "/dev/full: cannot write predictions (No space left on device)")
 
 
 # ---------------------------------------------------------------- interrupts
