@@ -225,7 +225,6 @@ def predict_main(argv: list[str] | None = None) -> int:
                                              args.amp):
             write(out, name, json_line({"text": text, "entities": [e.to_dict() for e in entities]}))
             count += 1
-        write(out, name, flush=True)
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
     return 0
 
