@@ -212,34 +212,11 @@ def written_or_removed(temporary: str, describe: Callable[[str], str]) -> Iterat
         raise SaveError(describe(reason)) from None
 
 
-class _RecordingFile:
-    """The file `torch.save` writes through: its zip writer reports a failed write only as
-    "unexpected pos", so the OSError (no space left, an I/O error) is kept here to raise instead."""
-
-    def __init__(self, handle) -> None:
-        self.handle = handle
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self.handle.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
 def _torch_save(value, path: str) -> None:
+    # Through a Python file, not the path: torch's zip writer reports a failed write (a full disk)
+    # only as RuntimeError("unexpected pos"), and closing the file then raises the OSError itself.
     with open(path, "wb") as handle:
-        recording = _RecordingFile(handle)
-        try:
-            torch.save(value, recording)
-        except RuntimeError:
-            if recording.error is not None:
-                raise recording.error from None
-            raise
+        torch.save(value, handle)
 
 
 def _write_json(value, path: str) -> None:
@@ -252,7 +229,7 @@ def _replace_folder(source: str, target: str) -> None:
     so some complete copy is in place at every moment."""
     aside = None
     if os.path.exists(target):  # a step saved twice (epoch end after --save-steps)
-        aside = f"{os.path.join(os.path.dirname(target), TEMPORARY_PREFIX)}old-{os.path.basename(target)}-{os.getpid()}"
+        aside = os.path.join(os.path.dirname(target), f"{TEMPORARY_PREFIX}old-{os.path.basename(target)}-{os.getpid()}")
         shutil.rmtree(aside, ignore_errors=True)
         os.rename(target, aside)
     os.rename(source, target)
@@ -306,26 +283,26 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, sca
         "rng.pt": lambda path: _torch_save(rng, path),
         STATE_FILE: lambda path: _write_json(trainer_state, path),
     }
-    writing = [None]  # the file being written, named in the message if the write fails
+    writing = None  # the file being written, named in the message if the write fails
 
     def failed(reason: str) -> str:
         last = list_checkpoints(output_dir)
-        return (f"{final}: cannot write the checkpoint ({writing[0] + ': ' if writing[0] else ''}{reason}); "
+        return (f"{final}: cannot write the checkpoint ({writing + ': ' if writing else ''}{reason}); "
                 f"removed the partial {temporary}; "
                 + (f"the last complete checkpoint is {last[-1]}" if last else "there is no complete checkpoint yet"))
 
     with written_or_removed(temporary, failed):
         manifest = {}
         for name, write in writers.items():
-            writing[0] = name
+            writing = name
             path = os.path.join(temporary, name)
             write(path)
             _fsync_file(path)
             manifest[name] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
-        writing[0] = MARKER  # written last: the manifest of the files above
+        writing = MARKER  # written last: the manifest of the files above
         _write_json(manifest, os.path.join(temporary, MARKER))
         _fsync_file(os.path.join(temporary, MARKER))
-        writing[0] = None
+        writing = None
         _fsync_dir(temporary)
         _replace_folder(temporary, final)
         _fsync_dir(root)

@@ -551,6 +551,20 @@ def test_full_disk_while_saving_the_model_keeps_the_model_saved_before(hub_folde
     assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
 
 
+def test_full_disk_while_writing_the_metrics_is_one_line(hub_folder, tiny_encoder, tmp_path, monkeypatch):
+    import nerlib.loop as loop
+
+    real_open = open
+    monkeypatch.setattr(loop, "open", lambda path, mode="r", *args, **kwargs: real_open(
+        "/dev/full" if os.path.basename(path) == loop.METRICS_FILE and "w" in mode else path, mode, *args, **kwargs),
+        raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(SaveError) as caught:
+        nerlib.train(_small_run(hub_folder, tiny_encoder, out, save_steps=None))
+    assert str(caught.value) == (f"{out / loop.METRICS_FILE}: cannot write (No space left on device); the model is "
+                                 f"saved in {out}")
+
+
 def _namespace_with_a_tmpfs():
     """`unshare` arguments for a private mount namespace (its mounts vanish with it), or None."""
     if not shutil.which("unshare") or not os.path.exists("/dev/full"):
