@@ -52,8 +52,14 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.json"
 TENSOR_STATES = ("optimizer", "scheduler", "scaler", "rng")
 REQUIRED_FILES = (MODEL_FILE, STATE_FILE) + tuple(f"{name}.pt" for name in TENSOR_STATES)
-REQUIRED_STATE_KEYS = ("epoch", "batches_done", "global_step", "best_f1", "best_epoch", "history", "config",
-                       "fingerprint")
+# Every key of the loop's state (loop._fresh_state) and the types it must hold: a state that lacks
+# one cannot be resumed, and one of another type cannot have been written by save_checkpoint.
+NUMBER = (int, float)
+STATE_KEY_TYPES = {"epoch": int, "batches_done": int, "global_step": int, "best_f1": NUMBER, "best_epoch": int,
+                   "best_checkpoint": (str, type(None)), "history": list, "epoch_loss": NUMBER, "epoch_words": int,
+                   "epoch_seconds": NUMBER, "train_words": int, "train_seconds": NUMBER, "skipped_steps": int,
+                   "loss_by_step": list, "config": dict, "fingerprint": dict}
+REQUIRED_STATE_KEYS = tuple(STATE_KEY_TYPES)
 LOCK_FILE = ".nerlib.lock"
 TEMPORARY_PREFIX = ".tmp-"  # then what is written, and the writer's PID last: `.tmp-checkpoint-00000012-4242`
 
@@ -367,9 +373,6 @@ def verify(path: str) -> dict:
     return manifest
 
 
-# The types `trainer_state.json` must hold; anything else cannot have been written by save_checkpoint.
-STATE_KEY_TYPES = {"epoch": int, "batches_done": int, "global_step": int, "best_f1": (int, float),
-                   "best_epoch": int, "history": list, "config": dict, "fingerprint": dict}
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
@@ -434,6 +437,10 @@ def read_checkpoint(path: str) -> Checkpoint:
     wrong = [key for key, kind in STATE_KEY_TYPES.items() if not isinstance(trainer_state[key], kind)]
     if wrong:
         raise CorruptCheckpoint(path, STATE_FILE, f"{', '.join(wrong)} of the wrong type")
+    history = trainer_state["history"]
+    if not all(isinstance(record, dict) for record in history) or not 0 <= trainer_state["best_epoch"] <= len(history):
+        raise CorruptCheckpoint(path, STATE_FILE, f"its history of {len(history)} epochs does not hold best epoch "
+                                              f"{trainer_state['best_epoch']}")
     states = {name: _read_tensor_state(path, f"{name}.pt") for name in TENSOR_STATES}
     rng = states["rng"]
     if not {"python", "numpy", "torch"} <= set(rng):

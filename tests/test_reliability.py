@@ -204,6 +204,8 @@ DAMAGE = {
     "state-not-an-object-resealed": (_rewrite(ckpt.STATE_FILE, b"[1, 2]"), ckpt.STATE_FILE, "not a JSON object"),
     "state-of-the-wrong-type-resealed": (_rewrite(ckpt.STATE_FILE, lambda b: json.dumps(
         {**json.loads(b), "config": "lr=5e-3"}).encode()), ckpt.STATE_FILE, "config of the wrong type"),
+    "state-without-its-best-epoch-resealed": (_rewrite(ckpt.STATE_FILE, lambda b: json.dumps(
+        {**json.loads(b), "best_epoch": 9}).encode()), ckpt.STATE_FILE, "does not hold best epoch 9"),
     "optimizer-carries-code-resealed": (_carry_code, "optimizer.pt",
                                         "refused by weights-only loading: it would call io.open"),
     "optimizer-not-a-state-resealed": (_rewrite("optimizer.pt", lambda b: _saved(torch.zeros(2))), "optimizer.pt",
@@ -241,6 +243,14 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_used(reference, 
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and str(newest) in warnings[0] and name in warnings[0] and "\n" not in warnings[0]
     assert not (out / "code-ran").exists(), "unpickling ran the checkpoint's code"
+
+
+def test_every_key_of_the_loop_state_is_checked_when_a_checkpoint_is_read():
+    from nerlib.loop import _fresh_state
+
+    fresh = _fresh_state(TrainConfig(), {"labels": []})
+    assert list(fresh) == list(ckpt.REQUIRED_STATE_KEYS)
+    assert all(isinstance(value, ckpt.STATE_KEY_TYPES[key]) for key, value in fresh.items())
 
 
 def test_when_no_checkpoint_is_left_the_error_is_one_line(reference, tiny_encoder, tmp_path):
