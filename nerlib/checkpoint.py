@@ -664,6 +664,19 @@ def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             result.extend(differences(a, b, prefix=name + "."))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) + len(b) > 8 and a != b:
+            result.append(f"{name}: {_list_change(a, b)}")  # label lists: what changed, not both in full
         elif a != b:
             result.append(f"{name}: {a!r} -> {b!r}")
     return result
+
+
+def _list_change(saved: list, current: list, shown: int = 6) -> str:
+    """`11 -> 31 entries (added 'B-BIO', ... and removed ...)` for two long lists."""
+    def listed(values: list) -> str:
+        return ", ".join(map(repr, values[:shown])) + (", ..." if len(values) > shown else "")
+
+    added = [value for value in current if value not in saved]
+    removed = [value for value in saved if value not in current]
+    changes = ([f"added {listed(added)}"] if added else []) + ([f"removed {listed(removed)}"] if removed else [])
+    return f"{len(saved)} -> {len(current)} entries ({' and '.join(changes) or 'the same, in another order'})"

@@ -304,6 +304,21 @@ def test_changed_configuration_is_refused_with_differences_unless_forced(referen
     assert "--force: resuming although these differ: lr" in forced.stderr
 
 
+def test_differences_name_every_changed_leaf_and_summarise_long_lists():
+    saved = {"lr": 0.005, "seed": 11, "fingerprint": {"labels": ["O"] + [f"B-T{i}" for i in range(8)], "tok": "a"}}
+    current = {"lr": 0.001, "seed": 11, "fingerprint": {"labels": ["O"] + [f"B-T{i}" for i in range(1, 10)]},
+               "amp": True}
+    assert ckpt.differences(saved, current) == [
+        "amp: '<absent>' -> True",
+        "fingerprint.labels: 9 -> 10 entries (added 'B-T8', 'B-T9' and removed 'B-T0')",
+        "fingerprint.tok: 'a' -> '<absent>'",
+        "lr: 0.005 -> 0.001",
+    ]
+    reordered = {"labels": ["O"] + [f"B-T{i}" for i in range(7, -1, -1)]}
+    assert ckpt.differences({"labels": saved["fingerprint"]["labels"]}, reordered) == [
+        "labels: 9 -> 9 entries (the same, in another order)"]
+
+
 def test_changed_data_is_refused(reference, tiny_encoder, tmp_path):
     data, uninterrupted = reference
     out = _copy_partial_run(uninterrupted, tmp_path, _kept_steps(uninterrupted)[:1])
