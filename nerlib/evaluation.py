@@ -238,14 +238,20 @@ def evaluate(
     confusion_out: str | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
+    tag_scheme: str | None = None,
+    token_column: int | None = None,
+    tag_column: int | None = None,
+    on_overlap: str | None = None,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
     Args:
         model_dir: a folder written by `nerlib.train` (or any token-classification model).
-        data: the data source; by default the one the model was trained on.
+        data: the data source (a folder, a file, a hub id); by default the one the model was
+            trained on (its `--train/--val/--test` file for that split, else its `--data`).
         split: `train`, `val` or `test`.
-        lang: language of hub-layout files; by default the training language, else `en`.
+        lang: language(s) of the data (`en`, `en,de`, `all`); by default the training language,
+            else `en`. With several, the metrics also hold `per_lang`.
         batch_size: windows per inference batch.
         max_length: window size; by default the training one.
         max_samples: score only the first N sentences.
@@ -255,6 +261,9 @@ def evaluate(
         confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
             without it a warning says how to install it).
         cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
+        tag_scheme, token_column, tag_column, on_overlap: how the data is read, as for training;
+            by default the training run's when its data is scored, else the defaults. Data in any
+            tag scheme is converted to BIO, so entity spans are scored whatever the scheme.
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
@@ -266,23 +275,30 @@ def evaluate(
     import json
 
     from .cache import resolve_cache_dir
-    from .data import load_split
+    from .config import TrainConfig
+    from .data import ReadOptions, canonical_split, load_split
     from .errors import ConfigError
     from .loop import effective_max_length, prepare, evaluate_prepared
     from .modeling import load_trained, read_nerlib_info
     from .runtime import resolve_device, resolve_precision
 
     trained_with = read_nerlib_info(model_dir).get("config", {}) if data is None or lang is None or max_length is None else {}
-    data = data or trained_with.get("data")
+    reading = {"tag_scheme": tag_scheme, "token_column": token_column, "tag_column": tag_column,
+               "on_overlap": on_overlap}
+    if data is None and trained_with.get("data"):
+        trained = TrainConfig.from_dict(trained_with)
+        data = trained.split_sources()[canonical_split(split)]
+        reading = {key: getattr(trained, key) if value is None else value for key, value in reading.items()}
     if not data:
-        raise ConfigError(f"{model_dir}: no record of the training data; pass --data")
+        raise ConfigError(f"{model_dir}: no record of the {split} data it was trained with; pass --data")
+    options = ReadOptions(**{key: value for key, value in reading.items() if value is not None})
     lang = lang or trained_with.get("lang", "en")
     tokenizer, model, label_set = load_trained(model_dir)
     device_ = resolve_device(device)
     precision = resolve_precision(device_, amp, amp_dtype)
     model.to(device_)
     window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
-    loaded = load_split(data, split, lang).head(max_samples)
+    loaded = load_split(data, split, lang, options).head(max_samples)
     prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
