@@ -236,7 +236,7 @@ def read_columns(path: str, options: ReadOptions = ReadOptions()) -> tuple[list[
     tokens: list[str] = []
     tags: list[str] = []
     token_lines: list[int] = []
-    index_start: int | None = None
+    index_base = int(first) if index_column else 0
 
     def close_sentence() -> None:
         nonlocal tokens, tags, token_lines
@@ -260,17 +260,10 @@ def read_columns(path: str, options: ReadOptions = ReadOptions()) -> tuple[list[
         if len(columns) != width:
             raise DataError(f"{path}:{number}: {len(columns)} column{'s' if len(columns) != 1 else ''} where line "
                             f"{width_line} has {width} (every token line of a file has the same columns)")
-        if index_column:
-            expected = (index_start if tokens else None)
-            value = columns[0]
-            if not value.isdigit() or (expected is not None and int(value) != expected + len(tokens)) or (
-                    expected is None and value not in ("0", "1")):
-                want = "0 or 1" if expected is None else str(expected + len(tokens))
-                raise DataError(f"{path}:{number}: expected {want} in the index column, got {value!r} (the first "
-                                f"column counts the words of each sentence, as on line {width_line}; pass "
-                                f"--token-column 1 if it holds tokens)")
-            if not tokens:
-                index_start = int(value)
+        if index_column and columns[0] != str(index_base + len(tokens)):
+            raise DataError(f"{path}:{number}: expected {index_base + len(tokens)} in the index column, got "
+                            f"{columns[0]!r} (the first column counts the words of each sentence from {index_base}, "
+                            f"as on line {width_line}; pass --token-column 1 if it holds tokens)")
         token, tag = columns[token_column], columns[tag_column]
         if not token:
             raise DataError(f"{path}:{number}: empty token")
@@ -324,13 +317,28 @@ def json_records(path: str) -> Iterator[tuple[object, int]]:
         if text.strip():
             first_text = text
             break
-    if first_text is not None and first_text.lstrip().startswith("["):
+    if first_text is not None and _starts_an_array(first_text):
         whole = "\n".join(t for _, t in buffered) + "\n" + "\n".join(t for _, t in lines)
         yield from _json_array(whole, path, 0)
         return
     for number, text in itertools.chain(buffered, lines):
         if text.strip():
             yield _parse_json(text, f"{path}:{number}"), number
+
+
+def _starts_an_array(first_line: str) -> bool:
+    """Whether a file is one JSON array of records rather than JSON lines.
+
+    A line that is a whole spaCy record (`[text, {"entities": ...}]`) starts JSON lines; a line
+    that opens an array it does not close, or holds a whole array of records, starts an array.
+    """
+    if not first_line.lstrip().startswith("["):
+        return False
+    try:
+        value = json.loads(first_line)
+    except (ValueError, RecursionError):
+        return True
+    return record_kind(value) != "spans"
 
 
 def _json_array(text: str, path: str, line_offset: int) -> Iterator[tuple[object, int]]:

@@ -108,7 +108,7 @@ def test_cli_bad_data_line_is_reported(tiny_encoder, tmp_path):
     result = run_cli("train.py", "--labels", "auto", "--data", folder, "--model", tiny_encoder, "--output-dir",
                   str(tmp_path / "o"), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "train.txt:" in result.stderr and "got 4" in result.stderr
+    assert "train.txt:" in result.stderr and "4 columns where line 1 has 2" in result.stderr
 
 
 def test_evaluate_cli_missing_model_folder(tmp_path):
