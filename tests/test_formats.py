@@ -374,3 +374,31 @@ def test_convert_cli_writes_a_file_and_refuses_to_overwrite(tmp_path, capsys):
     assert f"test: {target}" in capsys.readouterr().out
     assert run(convert_main, [source, target, "--to", "spans"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"{target}: exists; pass --overwrite to replace it")
+
+
+def test_a_hub_dataset_with_class_label_tags(monkeypatch, saved_dataset):
+    # Offline stand-in for the hub: what datasets.load_dataset returns for wnut_17 or conll2003 is a
+    # DatasetDict like this one; nerlib names the tags from its features and maps the split names.
+    import datasets
+
+    loaded = datasets.load_from_disk(str(saved_dataset / "saved"))
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append(args) or loaded)
+    split = load_split("someone/tiny-ner:en", "train")
+    assert calls == [("someone/tiny-ner", "en")]
+    assert _pairs(split) == _pairs(load_split(str(saved_dataset / "saved"), "train"))
+    assert split.summary[0].startswith("train: hub:someone/tiny-ner:en/train: hub dataset: token records, tag names")
+    with pytest.raises(DataError, match=r"hub:someone/tiny-ner: no val split \(the dataset has train, test\)"):
+        load_split("someone/tiny-ner", "val")
+
+
+def test_training_refuses_one_file_as_data_and_reads_named_files(tmp_path):
+    import nerlib
+
+    path = _write(tmp_path / "all.conll", "Ann\tB-PER\n")
+    with pytest.raises(DataError, match=r"all.conll: is one file \(one split\); name the files with --train FILE"):
+        nerlib.train(nerlib.TrainConfig(data=path, model=str(tmp_path / "unused"), output_dir=str(tmp_path / "o")))
+    config = nerlib.TrainConfig(train_file=path, test_file=path, model="m", output_dir="o")
+    assert config.split_sources() == {"train": path, "val": None, "test": path}  # the hub default is not consulted
+    assert nerlib.TrainConfig(data="folder", val_file=path).split_sources() == {"train": "folder", "val": path,
+                                                                               "test": "folder"}
