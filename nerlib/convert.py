@@ -102,6 +102,7 @@ def _write(path: str, sentences: Sequence[Sentence], to: str, overwrite: bool) -
     try:
         with handle:
             WRITERS[to](sentences, handle)
+        os.chmod(handle.name, 0o666 & ~_umask())  # a temporary file is private; the result is not
         os.replace(handle.name, path)
     except OSError as exc:
         _remove_quietly(handle.name)
@@ -110,6 +111,12 @@ def _write(path: str, sentences: Sequence[Sentence], to: str, overwrite: bool) -
         _remove_quietly(handle.name)
         raise
     logger.info("wrote %d sentences to %s", len(sentences), path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path: str) -> None:

@@ -50,6 +50,8 @@ def test_bio_and_iob1_detection_reasons():
     # I- opens, B- only splits two entities of one type: IOB1.
     assert detect_scheme([["I-PER", "I-PER", "B-PER", "O"]]).scheme.name == "IOB1"
     assert detect_scheme([["O", "O"]]).reason == "no entity tags"
+    # Gold data is trained on in BIO: an entity that opens with I- gets B-.
+    assert convert_to_bio([["B-PER", "O", "I-LOC", "I-LOC", "I-PER"]])[0] == [["B-PER", "O", "B-LOC", "I-LOC", "B-PER"]]
 
 
 # (tags of two sentences, scheme or auto, message fragment, (sentence, word) of the error)
