@@ -32,10 +32,11 @@ from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, pa
 from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .reports import write_reports
+from .reports import build_error_report, surface_forms, write_reports
 from .runtime import (Precision, configure_threads, pad_multiple, release_freed_memory, resolve_precision,
                       seed_everything)
 from .scoring import score_by_language, score_predictions
+from .tracking import check_report_to, open_run_log
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     output_dir = config.output_dir
     if world.is_main:
         _prepare_output_dir(config)
+        check_report_to(config.report_to)
     distributed.barrier(world)
 
     train_split, val_split, test_split = _read_splits(config)
@@ -374,7 +376,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                disable=not (config.progress and world.is_main), dynamic_ncols=True)
     consecutive_skipped = 0
     model.train()
-    with _graceful_stop() as stop:
+    run_log = open_run_log(output_dir, config.report_to, world.is_main, state["global_step"] if config.resume else None)
+    with _graceful_stop() as stop, run_log:
         while state["epoch"] <= config.epochs:
             epoch = state["epoch"]
             if config.group_by_length:
@@ -420,6 +423,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 scale_before = scaler.get_scale() if precision.uses_scaler else None
+                step_lr = scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on below
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -448,6 +452,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                 if state["skipped_steps"]:
                     postfix["skipped"] = state["skipped_steps"]
                 bar.set_postfix(postfix, refresh=False)
+                run_log.step(step, epoch, group_loss / group_words, step_lr,
+                             (state["train_words"] + state["epoch_words"]) / seconds)
                 save_now = config.save_steps and step % config.save_steps == 0
                 stopping = distributed.any_true(stop.signal is not None, world)  # all ranks stop at one step
                 if (save_now or stopping) and state["batches_done"] < len(batches):
@@ -475,6 +481,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
             else:
                 f1 = float(epoch)  # no validation split: the last epoch is the best
                 logger.info("epoch %d: loss %.4f", epoch, record["train_loss"])
+            run_log.epoch(epoch, state["global_step"], record["train_loss"], record.get("val"))
             state["history"].append(record)
             state["train_words"] += state["epoch_words"]
             state["train_seconds"] += state["epoch_seconds"]
@@ -535,8 +542,15 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
         with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)
             handle.write("\n")
+        error_report = None
+        if test_data is not None:
+            error_report = build_error_report(
+                test_split.sentences, test_data.encoded.gold, test_predicted, label_set,
+                np.bincount(test_data.encoded.sentence_index, minlength=len(test_split.sentences)),
+                surface_forms(train_split.sentences, train_data.encoded.gold, label_set), output_dir, config.model,
+                config.data)
         metrics["reports"] = write_reports(output_dir, config.to_dict(), label_set, metrics,
-                                           test_data.encoded.gold if test_data else None, test_predicted)
+                                           test_data.encoded.gold if test_data else None, test_predicted, error_report)
     return metrics
 
 
