@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 from .errors import ConfigError, DataError
-from .labels import MULTINERD_TAGS
-from .schemes import SCHEME_CHOICES, SCHEMES, split_tag, to_bio
+from .labels import MULTINERD_TAGS, entity_spans
+from .schemes import SCHEME_CHOICES, split_tag, to_bio
 from .text import split_words
 
 logger = logging.getLogger(__name__)
@@ -780,11 +780,6 @@ def _features_of_schema(schema):
 # --- writers ----------------------------------------------------------------------------------
 
 
-def entity_spans_of(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """The entities of BIO tags as `(type, first_word, end_word)`."""
-    return SCHEMES["bio"].decode(tags)
-
-
 def write_bio_tsv(sentences: Sequence[Sentence], handle) -> None:
     """token TAB tag lines, a blank line after each sentence.
 
@@ -819,7 +814,7 @@ def write_span_jsonl(sentences: Sequence[Sentence], handle) -> None:
             starts.append(offset)
             offset += len(token) + 1
         entities = [{"start": starts[first], "end": starts[end - 1] + len(sentence.tokens[end - 1]), "label": name}
-                    for name, first, end in entity_spans_of(sentence.tags)]
+                    for name, first, end in entity_spans(sentence.tags)]
         record = {"text": " ".join(sentence.tokens), "entities": entities}
         if sentence.lang:
             record["lang"] = sentence.lang

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from .labels import entity_spans
+
 Span = tuple[str, int, int]  # (type, first_word, end_word), end exclusive
 Position = tuple[int, int]  # (sentence index, word index) within a file
 
@@ -64,22 +66,6 @@ def split_tag(tag: str) -> tuple[str | None, str | None]:
 
 def _valid_type(name: str | None) -> bool:
     return bool(name) and not any(ch.isspace() for ch in name)
-
-
-def _decode_bio(tags: Sequence[str]) -> list[Span]:
-    """BIO and IOB1 alike: an entity opens at `B-X`, or at `I-X` not directly after a tag of type X."""
-    spans: list[Span] = []
-    current: tuple[str, int] | None = None
-    for index, tag in enumerate(tags):
-        prefix, name = split_tag(tag)
-        if current is not None and (name != current[0] or prefix == "B"):
-            spans.append((current[0], current[1], index))
-            current = None
-        if name is not None and current is None:
-            current = (name, index)
-    if current is not None:
-        spans.append((current[0], current[1], len(tags)))
-    return spans
 
 
 def _encode_bio(spans: Sequence[Span], length: int) -> list[str]:
@@ -147,22 +133,6 @@ def _strict_pair(begin: str, inside: str, last: str, unit: str, name: str):
     return decode, encode
 
 
-def _decode_io(tags: Sequence[str]) -> list[Span]:
-    """A run of words of one type is one entity; `B-` has no place in IO."""
-    spans: list[Span] = []
-    current: tuple[str, int] | None = None
-    for index, tag in enumerate(tags):
-        _, name = split_tag(tag)
-        if current is not None and name != current[0]:
-            spans.append((current[0], current[1], index))
-            current = None
-        if name is not None and current is None:
-            current = (name, index)
-    if current is not None:
-        spans.append((current[0], current[1], len(tags)))
-    return spans
-
-
 def _encode_io(spans: Sequence[Span], length: int) -> list[str]:
     tags = ["O"] * length
     previous: Span | None = None
@@ -187,6 +157,10 @@ class Scheme:
     bare_names: bool = False  # whether a tag without prefix is a class name (IO only)
 
 
+# BIO and IOB1 read alike (the module's docstring says why), and so does IO once its tags are
+# checked to hold no B-: `entity_spans`, seqeval's lenient reading, where a run of I- tags of one
+# type (or bare names) is one entity.
+_decode_bio = _decode_io = entity_spans
 _decode_bioes, _encode_bioes = _strict_pair("B", "I", "E", "S", "BIOES")
 _decode_bilou, _encode_bilou = _strict_pair("B", "I", "L", "U", "BILOU")
 
