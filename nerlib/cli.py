@@ -11,13 +11,16 @@ import sys
 from typing import Callable
 
 from .config import add_config_arguments, config_from_args
+from .convert import WRITERS, convert
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table
+from .formats import ON_OVERLAP, ReadOptions
 from .html_report import entity_page_head, entity_page_tail, entity_page_text
 from .loop import train
 from .prediction import predict_stream, read_texts
 from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
+from .schemes import SCHEME_CHOICES
 from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
@@ -58,13 +61,32 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     if metrics["test"] is not None:
         test = metrics["test"]
-        print(format_table(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+        print(metrics_tables(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
         print(f"scored {test['words']} of {metrics['test_words_in_split']} test words")
     elif metrics["val"] is not None:
-        print(format_table(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+        print(metrics_tables(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
     print(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s")
     print(saved_summary(metrics))
     return 0
+
+
+def metrics_tables(metrics: dict, title: str) -> str:
+    """The overall table, then one table a language when the split holds several."""
+    tables = [format_table(metrics, title=title)]
+    for lang, scores in metrics.get("per_lang", {}).items():
+        tables.append(format_table(scores, title=f"{title}, language {lang}"))
+    return "\n\n".join(tables)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """`--tag-scheme`, `--token-column`, `--tag-column`, `--on-overlap` (None: as the model was trained)."""
+    parser.add_argument("--tag-scheme", choices=SCHEME_CHOICES, default="auto" if defaults else None,
+                        help="tag scheme of the data (default: " + ("auto, detected per file)" if defaults else
+                                                                    "as in training, else auto)"))
+    parser.add_argument("--token-column", type=int, metavar="N", help="column files: the token's column, from 1")
+    parser.add_argument("--tag-column", type=int, metavar="N", help="column files: the tag's column, from 1")
+    parser.add_argument("--on-overlap", choices=ON_OVERLAP, default="error" if defaults else None,
+                        help="overlapping character spans: error or keep-longest")
 
 
 def saved_summary(metrics: dict) -> str:
@@ -95,9 +117,12 @@ def saved_summary(metrics: dict) -> str:
 def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score a saved NER model on one split with seqeval.")
     parser.add_argument("model_dir", help="folder written by train.py (or any token-classification model)")
-    parser.add_argument("--data", help="data source (default: the one the model was trained on)")
+    parser.add_argument("--data", help="data source: a folder, a file (scored whole), or a hub id (default: the one "
+                                       "the model was trained on)")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
-    parser.add_argument("--lang", help="language of hub-layout files (default: the training language)")
+    parser.add_argument("--lang", help="language(s) of the data: en, en,de, all; with several, the metrics are also "
+                                       "given per language (default: the training language)")
+    add_reading_arguments(parser, defaults=False)
     parser.add_argument("--batch-size", type=int, default=64, help="windows per inference batch (default: 64)")
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--max-samples", type=int, help="score only the first N sentences")
@@ -122,7 +147,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
-                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir)
+                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir,
+                   tag_scheme=args.tag_scheme, token_column=args.token_column, tag_column=args.tag_column,
+                   on_overlap=args.on_overlap)
     metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, report_out=args.report,
                        report_json_out=args.report_json, report_sentences=args.report_sentences, **options)
     if args.table_out:
@@ -134,7 +161,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             metrics["strict"] = {k: strict[k] for k in ("precision", "recall", "f1", "accuracy", "words", "per_type")}
         print(json.dumps(metrics, indent=2))
         return 0
-    print(format_table(metrics, title=f"{metrics['split']} split of {metrics['data']}"))
+    print(metrics_tables(metrics, title=f"{metrics['split']} split of {metrics['data']}"))
     print(f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences")
     if strict is not None:
         print()
@@ -188,6 +215,24 @@ def predict_main(argv: list[str] | None = None) -> int:
         if page:
             page.write(entity_page_tail(types))
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
+    return 0
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write a data source in another format, entity for entity: bio-tsv (token TAB tag), jsonl "
+                    "(MultiNERD's layout, string tags) or spans (text with character-offset entities).")
+    parser.add_argument("input", help="a file, a folder or a hub dataset id (anything --data takes)")
+    parser.add_argument("output", help="a file for a single-file input, else a folder (one file a split)")
+    parser.add_argument("--to", required=True, choices=tuple(WRITERS), help="the format written")
+    parser.add_argument("--lang", default="en", help="language(s) read: en, en,de, all (default: en)")
+    add_reading_arguments(parser, defaults=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    args = parser.parse_args(argv)
+    options = ReadOptions(args.tag_scheme, args.token_column, args.tag_column, args.on_overlap)
+    written = convert(args.input, args.output, args.to, args.lang, options, args.overwrite)
+    for split, paths in written.items():
+        print(f"{split}: {', '.join(paths)}")
     return 0
 
 

@@ -11,8 +11,10 @@ import json
 import typing
 from dataclasses import dataclass, field
 
-from .data import DEFAULT_HUB_DATASET
+from .data import DEFAULT_HUB_DATASET, ReadOptions
 from .errors import ConfigError
+from .formats import ON_OVERLAP
+from .schemes import SCHEME_CHOICES
 
 
 # Fields that steer how a run is carried out, not what it computes: they may change on resume.
@@ -30,8 +32,23 @@ class TrainConfig:
 
     labels: str = _opt("all", "label set: all (31 MultiNERD tags), five (PER ORG LOC ANIM DIS), auto (read from "
                               "the data), or a comma-separated subset of MultiNERD classes such as PER,LOC,DIS")
-    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, local folder in the hub layout, or folder of column files")
-    lang: str = _opt("en", "language of the hub-layout files to read; records of other languages are dropped")
+    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, or a folder: the hub layout, files named after their split "
+                                          "(train.txt, dev.conll, test.jsonl, eng.train, ...), or a "
+                                          "datasets.save_to_disk folder")
+    train_file: typing.Optional[str] = _opt(None, "the training file (any format nerlib reads), instead of the train "
+                                                  "split of --data", flag="--train")
+    val_file: typing.Optional[str] = _opt(None, "the validation file, instead of the val split of --data",
+                                          flag="--val")
+    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test")
+    lang: str = _opt("en", "language(s) of the data: en, a list such as en,de,fr, or all; records of other "
+                           "languages are dropped (and counted)")
+    tag_scheme: str = _opt("auto", "tag scheme of the data: auto (detected per file), bio (iob2), iob1, bioes "
+                                   "(iobes), bilou, io; converted to BIO", choices=SCHEME_CHOICES)
+    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, from 1 (default: the first, "
+                                                    "or the second after an index column)")
+    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, from 1 (default: the last)")
+    on_overlap: str = _opt("error", "character spans that overlap or nest: error, or keep-longest (the shorter "
+                                    "ones are dropped and counted)", choices=ON_OVERLAP)
     model: str = _opt("distilbert-base-uncased", "pre-trained encoder: a local folder or a hub model id")
     output_dir: str = _opt("runs/nerlib", "folder for the model, tokenizer, configuration and metrics.json")
     epochs: int = _opt(2, "training epochs")
@@ -95,6 +112,21 @@ class TrainConfig:
             problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+        self.read_options()  # the data-reading options are checked where they are defined
+
+    def read_options(self) -> ReadOptions:
+        """How the data files are read (`--tag-scheme`, `--token-column`, `--tag-column`, `--on-overlap`)."""
+        return ReadOptions(self.tag_scheme, self.token_column, self.tag_column, self.on_overlap)
+
+    def split_sources(self) -> dict[str, str | None]:
+        """Where each split is read from: its `--train/--val/--test` file, else `--data`.
+
+        With a split file given and `--data` left at the hub default, the other splits are not
+        fetched from the hub: they are absent (None).
+        """
+        files = {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+        fallback = None if any(files.values()) and self.data == DEFAULT_HUB_DATASET else self.data
+        return {split: path or fallback for split, path in files.items()}
 
     def run_settings(self) -> dict:
         """The fields that define what is trained: a resume must match them (see RUN_CONTROL)."""
@@ -126,7 +158,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
     """Add one flag per field of a config dataclass: `--max-length`, `--amp`, `--no-progress`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         help_text = f.metadata.get("help", "")
         if kind is bool:
@@ -134,7 +166,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
                                 help=f"{help_text} (default: {'on' if f.default else 'off'})")
             continue
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
-        parser.add_argument(flag, type=base, default=f.default, choices=f.metadata.get("choices"),
+        parser.add_argument(flag, dest=f.name, type=base, default=f.default, choices=f.metadata.get("choices"),
                             metavar=None if f.metadata.get("choices") else f.name.upper(),
                             help=f"{help_text} (default: {f.default})")
 

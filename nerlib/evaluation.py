@@ -242,6 +242,10 @@ def evaluate(
     report_out: str | None = None,
     report_json_out: str | None = None,
     report_sentences: int = 100,
+    tag_scheme: str | None = None,
+    token_column: int | None = None,
+    tag_column: int | None = None,
+    on_overlap: str | None = None,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -261,6 +265,9 @@ def evaluate(
         cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
         report_out, report_json_out: write the error report (`error_report`) as HTML, as JSON.
         report_sentences: how many of the sentences with the most errors the report lists.
+        tag_scheme, token_column, tag_column, on_overlap: how the data is read, as for training;
+            by default the training run's when its data is scored, else the defaults. Data in any
+            tag scheme is converted to BIO, so entity spans are scored whatever the scheme.
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
@@ -274,7 +281,7 @@ def evaluate(
     from .errors import ConfigError
 
     run = _predict_split(model_dir, data, split, lang, batch_size, max_length, max_samples, device, amp, amp_dtype,
-                         strict, cache, cache_dir)
+                         strict, cache, cache_dir, tag_scheme, token_column, tag_column, on_overlap)
     loaded, prepared, predicted, label_set = run.loaded, run.prepared, run.predicted, run.label_set
     if predictions_out:
         labels = label_set.labels
@@ -309,7 +316,8 @@ def error_report(model_dir: str, top: int = 100, **options) -> dict:
         model_dir: a folder written by `nerlib.train` (or any token-classification model).
         top: how many of the sentences with the most errors to list.
         options: `evaluate`'s `data`, `split`, `lang`, `batch_size`, `max_length`, `max_samples`,
-            `device`, `amp`, `amp_dtype`, `cache`, `cache_dir`.
+            `device`, `amp`, `amp_dtype`, `cache`, `cache_dir`, `tag_scheme`, `token_column`,
+            `tag_column`, `on_overlap`.
 
     Returns:
         `nerlib.reports.build_error_report`'s dict: `scores` (`lenient`: the figures `evaluate`
@@ -339,25 +347,35 @@ class _Predicted:
 def _predict_split(model_dir: str, data: str | None = None, split: str = "test", lang: str | None = None,
                    batch_size: int = 64, max_length: int | None = None, max_samples: int | None = None,
                    device: str = "auto", amp: bool = False, amp_dtype: str = "auto", strict: bool = False,
-                   cache: bool = True, cache_dir: str | None = None) -> _Predicted:
+                   cache: bool = True, cache_dir: str | None = None, tag_scheme: str | None = None,
+                   token_column: int | None = None, tag_column: int | None = None,
+                   on_overlap: str | None = None) -> _Predicted:
     from .cache import resolve_cache_dir
-    from .data import load_split
+    from .config import TrainConfig
+    from .data import ReadOptions, canonical_split, load_split
     from .errors import ConfigError
     from .loop import effective_max_length, prepare, evaluate_prepared
     from .modeling import load_trained, read_nerlib_info
     from .runtime import resolve_device, resolve_precision
 
     trained_with = read_nerlib_info(model_dir).get("config", {})
-    data = data or trained_with.get("data")
+    reading = {"tag_scheme": tag_scheme, "token_column": token_column, "tag_column": tag_column,
+               "on_overlap": on_overlap}
+    if data is None and trained_with.get("data"):
+        # The training run's own data: its file for this split (--test FILE), else its --data.
+        trained = TrainConfig.from_dict(trained_with)
+        data = trained.split_sources()[canonical_split(split)]
+        reading = {key: getattr(trained, key) if value is None else value for key, value in reading.items()}
     if not data:
-        raise ConfigError(f"{model_dir}: no record of the training data; pass --data")
+        raise ConfigError(f"{model_dir}: no record of the {split} data it was trained with; pass --data")
+    options = ReadOptions(**{key: value for key, value in reading.items() if value is not None})
     lang = lang or trained_with.get("lang", "en")
     tokenizer, model, label_set = load_trained(model_dir)
     device_ = resolve_device(device)
     precision = resolve_precision(device_, amp, amp_dtype)
     model.to(device_)
     window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
-    loaded = load_split(data, split, lang).head(max_samples)
+    loaded = load_split(data, split, lang, options).head(max_samples)
     prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
@@ -368,16 +386,17 @@ def _predict_split(model_dir: str, data: str | None = None, split: str = "test",
 
 def _build_report(model_dir: str, run: _Predicted, top: int) -> dict:
     """The error report of a predicted split; the training split (as trained on) gives the seen surface forms."""
+    from .config import TrainConfig
     from .data import load_split, tag_ids
     from .errors import DataError
     from .reports import build_error_report, surface_forms
 
     train_forms = None
-    train_data = run.trained_with.get("data")
-    if train_data:
+    if run.trained_with.get("data"):
         try:
-            train = load_split(train_data, "train", run.trained_with.get("lang", "en")).head(
-                run.trained_with.get("max_train_samples"))
+            trained = TrainConfig.from_dict(run.trained_with)
+            train = load_split(trained.split_sources()["train"], "train", trained.lang, trained.read_options()).head(
+                trained.max_train_samples)
             train_forms = surface_forms(train.sentences, [tag_ids(s, run.label_set) for s in train.sentences],
                                         run.label_set)
         except DataError as exc:

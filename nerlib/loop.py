@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 from . import distributed
 from .cache import cached_encode, resolve_cache_dir
 from .config import TrainConfig
-from .data import Split, SplitNotFound, all_tags, load_split
+from .data import Split, SplitNotFound, all_tags, load_split, single_split_source
 from .checkpoint import (
     TEMPORARY_PREFIX, CheckpointError, SaveError, checkpoint_path, differences, find_resumable, fingerprint,
     list_checkpoints, lock_output_dir, move_files_into, prune, remove_stale_temporaries, restore, rng_state,
     save_checkpoint, weight_misfits, written_or_removed,
 )
-from .errors import ConfigError, NerlibError, NonFiniteLoss, TrainingInterrupted
+from .errors import ConfigError, DataError, NerlibError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
 from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
@@ -36,7 +36,7 @@ from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenize
 from .reports import build_error_report, surface_forms, write_reports
 from .runtime import (Precision, configure_threads, pad_multiple, release_freed_memory, resolve_precision,
                       seed_everything)
-from .scoring import score_predictions
+from .scoring import score_by_language, score_predictions
 from .tracking import check_report_to, open_run_log
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: in
     metrics = score_predictions(prepared.encoded.gold, predicted, label_set.labels, strict=strict)
     if metrics["words"] != prepared.split.num_words:  # pragma: no cover - guarded by construction
         raise RuntimeError(f"scored {metrics['words']} words of {prepared.split.num_words}")
+    per_lang = score_by_language(prepared.encoded.gold, predicted, label_set.labels,
+                                 [s.lang for s in prepared.split.sentences], strict=strict)
+    if per_lang:
+        metrics["per_lang"] = per_lang
     return metrics, predicted
 
 
@@ -127,11 +131,22 @@ def _check_writable(folder: str) -> None:
 
 
 def _read_splits(config: TrainConfig) -> tuple[Split, Split | None, Split | None]:
-    train_split = load_split(config.data, "train", config.lang).head(config.max_train_samples)
+    sources = config.split_sources()
+    options = config.read_options()
+    if sources["train"] is None:
+        raise DataError("no training data: --val/--test name files, but neither --train nor --data is given")
+    if sources["train"] == config.data and single_split_source(config.data):
+        raise DataError(f"{config.data}: is one file (one split); name the files with --train FILE (and --val FILE, "
+                        f"--test FILE), or give --data a folder")
+    train_split = load_split(sources["train"], "train", config.lang, options).head(config.max_train_samples)
     optional = []
     for name in ("val", "test"):
+        if sources[name] is None:
+            logger.warning("no %s split (no --%s FILE); going on without it", name, name)
+            optional.append(None)
+            continue
         try:
-            optional.append(load_split(config.data, name, config.lang).head(config.max_eval_samples))
+            optional.append(load_split(sources[name], name, config.lang, options).head(config.max_eval_samples))
         except SplitNotFound as exc:
             logger.warning("%s; going on without it", exc)
             optional.append(None)
