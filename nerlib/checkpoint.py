@@ -84,26 +84,52 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def rng_state() -> dict:
-    """Every RNG the run draws from, in types `torch.load(weights_only=True)` accepts."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG the run draws from, in types `torch.load(weights_only=True)` accepts.
+
+    On a CUDA `device`, its own generator only (`cuda`): not every visible GPU's, which a resume
+    with fewer visible GPUs could not restore and one on another GPU would restore wrongly.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None, source: str = "rng.pt") -> None:
+    """Restore what `rng_state` saved; the CUDA generator into the run's own `device`.
+
+    A CUDA state saved on one GPU continues on whichever GPU the resumed run uses. Checkpoints of
+    earlier nerlib versions hold a list with every visible GPU's state: the entry of the run's
+    device index is restored.
+
+    Raises:
+        CheckpointError: such a list has no entry for the run's device index.
+    """
     random.setstate(_as_tuple(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return  # a CUDA state saved before a move to the CPU has nothing to go into
+    cuda = state.get("cuda")
+    if cuda is None:
+        logger.warning("%s: no CUDA RNG state (saved without CUDA); dropout on %s continues from its seed",
+                       source, device)
+        return
+    if isinstance(cuda, (list, tuple)):  # every visible GPU's state, as earlier versions saved it
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            raise CheckpointError(f"{source}: holds the CUDA RNG states of {len(cuda)} GPU(s) (an earlier nerlib), "
+                                  f"none for cuda:{index}; resume on one of cuda:0-{len(cuda) - 1}, or pass "
+                                  f"--overwrite to start over")
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuple(value):
@@ -139,7 +165,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, sca
     torch.save(optimizer.state_dict(), os.path.join(temporary, "optimizer.pt"))
     torch.save(scheduler.state_dict(), os.path.join(temporary, "scheduler.pt"))
     torch.save(scaler.state_dict(), os.path.join(temporary, "scaler.pt"))
-    rng = rng_state()
+    rng = rng_state(next(model.parameters()).device)
     if rank_rngs is not None:
         rng["ranks"] = rank_rngs
     torch.save(rng, os.path.join(temporary, "rng.pt"))
@@ -211,22 +237,34 @@ def find_resumable(output_dir: str) -> Found:
     return Found(None, tuple(skipped))
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
-    """Restore model, optimizer, scheduler, scaler and RNG states in place; returns the loop state.
-
-    Under torchrun each rank restores its own RNG state (`rank`).
+def read_trainer_state(path: str) -> dict:
+    """The loop state of a checkpoint that verifies, without restoring anything.
 
     Raises:
-        CheckpointError: a state the resume needs is missing from the checkpoint.
+        CorruptCheckpoint: see `verify`.
+        CheckpointError: a file or a state key the resume needs is missing.
     """
-    from safetensors.torch import load_model
-
     verify(path)
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as handle:
         trainer_state = json.load(handle)
     missing = [key for key in REQUIRED_STATE_KEYS if key not in trainer_state]
     if missing:
         raise CheckpointError(f"{path}: {STATE_FILE} is missing {', '.join(missing)}, which the resume needs")
+    return trainer_state
+
+
+def load_checkpoint(path: str, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
+    """Restore model, optimizer, scheduler, scaler and RNG states in place; returns the loop state.
+
+    Under torchrun each rank restores its own RNG state (`rank`); a CUDA generator state goes
+    into the device the model is on.
+
+    Raises:
+        CheckpointError: a state the resume needs is missing from the checkpoint.
+    """
+    from safetensors.torch import load_model
+
+    trainer_state = read_trainer_state(path)
     states = {name: torch.load(os.path.join(path, f"{name}.pt"), weights_only=True, map_location="cpu")
               for name in TENSOR_STATES}
     if not {"python", "numpy", "torch"} <= set(states["rng"]):
@@ -244,8 +282,26 @@ def load_checkpoint(path: str, model, optimizer, scheduler, scaler, rank: int = 
         if rank >= len(rng["ranks"]):
             raise CheckpointError(f"{path}: holds RNG states of {len(rng['ranks'])} ranks, none for rank {rank}")
         rng = rng["ranks"][rank]
-    set_rng_state(rng)
+    set_rng_state(rng, device, os.path.join(path, "rng.pt"))
     return trainer_state
+
+
+def manifest_digest(path: str) -> str:
+    """SHA-256 of a checkpoint's COMPLETE manifest: equal digests mean the same files, byte for byte."""
+    return _sha256(os.path.join(path, MARKER))
+
+
+def local_copy_problem(path: str, digest: str) -> str | None:
+    """Why this machine's `path` cannot stand in for the checkpoint whose manifest has `digest`; None if it can."""
+    if not os.path.isdir(path):
+        return "missing"
+    try:
+        verify(path)
+    except (CorruptCheckpoint, CheckpointError) as exc:
+        return str(exc)
+    if manifest_digest(path) != digest:
+        return "a different checkpoint of the same step"
+    return None
 
 
 def prune(output_dir: str, keep: int, protect: str | None) -> None:
