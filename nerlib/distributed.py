@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import Found, checkpoints_root, find_resumable, local_copy_problem, manifest_digest
+from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, Found, checkpoints_root, find_resumable,
+                         local_copy_problem, manifest_digest)
 from .errors import ConfigError
 from .evaluation import assemble_words, predict_encoded, predict_windows
 from .features import Encoded
@@ -354,9 +355,9 @@ def agree_on_checkpoint(output_dir: str, world: World) -> Found:
     lacking = [f"rank {rank} ({why})" for rank, why in enumerate(problems) if why]
     if lacking:
         raise CheckpointError(
-            f"{name}: rank 0 resumes from this checkpoint, which {', '.join(lacking)} lack(s) in "
-            f"{checkpoints_root(output_dir)}; keep --output-dir on a file system every machine shares, or copy "
-            f"that folder to the machines of those ranks")
+            f"{name}: rank 0 resumes from this checkpoint, which {', '.join(lacking)} lack(s) in their "
+            f"--output-dir; keep --output-dir on a file system that every machine shares, or copy "
+            f"{CHECKPOINTS_DIR}/{name} into it on the machines of those ranks")
     return Found(local, found.skipped)
 
 
