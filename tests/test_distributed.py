@@ -410,7 +410,7 @@ def _tiny_checkpoint(output_dir, step: int, seed: int) -> str:
                            torch.amp.GradScaler("cpu", enabled=False), state)
 
 
-AGREE_SCENARIOS = ("missing", "different", "corrupt", "same", "none-on-rank-0", "train")
+AGREE_SCENARIOS = ("missing", "different", "corrupt", "same", "none-on-rank-0", "train", "collectives")
 
 
 def _agree_worker(rank: int, world_size: int, port: int, base: str, train_options: dict) -> None:
@@ -430,6 +430,22 @@ def _agree_worker(rank: int, world_size: int, port: int, base: str, train_option
                 if name == "train":
                     train(TrainConfig(output_dir=folder, resume=True, **train_options))
                     results[name] = {"trained": True}
+                elif name == "collectives":
+                    # A fresh run, counting the collectives the loop starts (DDP's own gradient
+                    # all-reduce runs inside its C++ reducer and is not among them).
+                    reduced = []
+                    original = torch.distributed.all_reduce
+
+                    def counted(tensor, *args, **kwargs):
+                        reduced.append(tensor.numel())
+                        return original(tensor, *args, **kwargs)
+
+                    torch.distributed.all_reduce = counted
+                    try:
+                        metrics = train(TrainConfig(output_dir=folder, max_train_samples=32, **train_options))
+                    finally:
+                        torch.distributed.all_reduce = original
+                    results[name] = {"all_reduce": len(reduced), "steps": len(metrics["train_loss_by_step"])}
                 else:
                     results[name] = {"path": agree_on_checkpoint(folder, world).path}
             except CheckpointError as exc:
@@ -488,3 +504,5 @@ def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint
     for rank in range(2):
         assert results[rank]["same"]["path"] == str(tmp_path / "same" / f"rank{rank}" / "checkpoints" / name)
         assert results[rank]["none-on-rank-0"]["path"] is None  # rank 0 has none: every rank starts afresh
+        # One collective a step (the step's loss, overflow and stop votes), one more at the epoch's end.
+        assert results[rank]["collectives"] == {"all_reduce": 4 + 1, "steps": 4}  # 32 sentences / (4 x 2 ranks)
