@@ -33,8 +33,8 @@ from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import write_reports
-from .runtime import (Precision, configure_threads, fp32_matmul_precision, pad_multiple, release_freed_memory,
-                      resolve_precision, seed_everything)
+from .runtime import (Precision, configure_threads, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
+                      release_freed_memory, resolve_precision, seed_everything)
 from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
@@ -299,6 +299,8 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
     configure_threads(config.num_threads)
     device = world.device
     precision = resolve_precision(device, config.amp, config.amp_dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # metrics.json reports this run's peak
     output_dir = config.output_dir
     if world.is_main:
         _prepare_output_dir(config)
@@ -525,6 +527,7 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
         "labels": list(label_set.labels),
         "precision_mode": precision.name,
         "tf32": tf32,
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(device),
         "device": str(device),
         "world_size": world.size,
         "best_epoch": best_epoch,

@@ -181,6 +181,13 @@ def fp32_matmul_precision(device: torch.device, tf32: bool):
             torch.set_float32_matmul_precision(previous)
 
 
+def peak_gpu_memory_mib(device: torch.device) -> float | None:
+    """The most memory tensors held on a CUDA `device` since the process began or its peak was reset; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def pad_multiple(device: torch.device) -> int:
     """The multiple that batches are padded to on `device`.
 

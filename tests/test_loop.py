@@ -130,6 +130,7 @@ def test_at_most_one_host_read_per_optimizer_step(precision, grad_accum, train_o
     assert 0 < len(in_steps) <= steps, in_steps
     # Set for a script that calls nerlib.train() without going through train.py.
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert metrics["tf32"] is False and metrics["peak_gpu_memory_mib"] is None  # CUDA-only figures, on a CPU
 
 
 def overflow_at(model, nan_loss_forward: int, inf_gradient_backward: int):

@@ -11,7 +11,8 @@ import torch
 
 from nerlib.config import TrainConfig, add_config_arguments, config_from_args
 from nerlib.errors import ConfigError
-from nerlib.runtime import choose_autocast_dtype, fp32_matmul_precision, pad_multiple, resolve_precision
+from nerlib.runtime import (choose_autocast_dtype, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
+                            resolve_precision)
 
 BF16, FP16 = torch.bfloat16, torch.float16
 
@@ -147,3 +148,11 @@ def test_no_tf32_flag():
     add_config_arguments(parser)
     assert config_from_args(parser.parse_args([])).tf32 is True
     assert config_from_args(parser.parse_args(["--no-tf32"])).tf32 is False
+
+
+def test_peak_gpu_memory_is_read_from_the_runs_own_gpu_and_none_on_cpus(monkeypatch):
+    peaks = {0: 5 * 2**20, 1: 3 * 2**29}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peaks[torch.device(device).index])
+    assert peak_gpu_memory_mib(torch.device("cuda", 1)) == 1536.0
+    assert peak_gpu_memory_mib(torch.device("cuda", 0)) == 5.0
+    assert peak_gpu_memory_mib(torch.device("cpu")) is None
