@@ -417,7 +417,10 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                 # One collective and one host read a step: the step's loss on all ranks (every
                 # rank sees the same value, so all stop together on a non-finite loss), whether
                 # the gradients overflowed, and whether any rank was asked to stop.
-                step_values = torch.stack([group_loss, overflow, group_loss.new_tensor(float(stop.signal is not None))])
+                # (torch.full fills on the device; a tensor made from a Python number would be a
+                # blocking copy from the host.)
+                stop_vote = torch.full((), float(stop.signal is not None), device=device)
+                step_values = torch.stack([group_loss, overflow, stop_vote])
                 group_loss, overflow, stop_votes = distributed.all_reduce_sum_tensor(step_values, world).tolist()
                 step = state["global_step"] + 1
                 if not math.isfinite(group_loss) and not precision.uses_scaler:
