@@ -14,9 +14,11 @@ from .config import add_config_arguments, config_from_args
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table
+from .html_report import entity_page_head, entity_page_tail, entity_page_text
 from .loop import train
 from .prediction import predict_stream, read_texts
-from .reports import PLOTS_HINT, plots_available, table_format, write_metrics_table
+from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
+from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +76,17 @@ def saved_summary(metrics: dict) -> str:
     lines = [f"saved to {output_dir}:",
              f"  model and tokenizer  {output_dir}",
              f"  metrics              {os.path.join(output_dir, METRICS_FILE)}",
+             f"  loss of every step   {os.path.join(output_dir, TRAIN_LOG_FILE)}",
              f"  model card           {reports.get('model_card') or '(not written)'}"]
-    for key, name in (("training_curves", "training curves"), ("confusion", "confusion matrix")):
+    if os.path.isdir(os.path.join(output_dir, TENSORBOARD_DIR)):
+        lines.append(f"  TensorBoard events   {os.path.join(output_dir, TENSORBOARD_DIR)}")
+    for key, name in (("training_curves", "training curves"), ("confusion", "confusion matrix"),
+                      ("report", "error report")):
         if reports.get(key):
             lines.append(f"  {name:<20} {reports[key]}")
-        elif key == "confusion" and metrics.get("test") is None:
+        elif key in ("confusion", "report") and metrics.get("test") is None:
             lines.append(f"  {name:<20} (no test split)")
-        else:
+        elif key != "report":
             why = "see the warning above" if plots_available() else PLOTS_HINT
             lines.append(f"  {name:<20} (not drawn: {why})")
     return "\n".join(lines)
@@ -107,13 +113,18 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-out", metavar="FILE", help="write the per-type table to FILE.md (Markdown) or FILE.csv")
     parser.add_argument("--confusion-out", metavar="FILE",
                         help=f"draw the entity confusion matrix into FILE.png (needs matplotlib: {PLOTS_HINT})")
+    parser.add_argument("--report", metavar="FILE", help="write the error report to FILE.html (one self-contained page)")
+    parser.add_argument("--report-json", metavar="FILE", help="write the error report's figures to FILE.json")
+    parser.add_argument("--report-sentences", type=int, default=100, metavar="N",
+                        help="sentences with the most errors listed in the report (default: 100)")
     args = parser.parse_args(argv)
     if args.table_out:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
                    predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir)
-    metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, **options)
+    metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, report_out=args.report,
+                       report_json_out=args.report_json, report_sentences=args.report_sentences, **options)
     if args.table_out:
         write_metrics_table(metrics, args.table_out)
         logger.info("wrote the per-type table to %s", args.table_out)
@@ -147,6 +158,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    parser.add_argument("--html", metavar="FILE", help="also write the texts with their entities highlighted to FILE.html")
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after the texts
     if args.texts and (args.file or args.document):
         raise ConfigError("give texts as arguments or read them with --file / --document, not both")
@@ -161,11 +173,20 @@ def predict_main(argv: list[str] | None = None) -> int:
                 logger.info("reading texts from standard input, one a line (end with Ctrl-D)")
             texts = read_texts(sys.stdin.buffer, "<stdin>", args.document)
         out = stack.enter_context(_open(args.output, "w", "write")) if args.output else sys.stdout
+        page = stack.enter_context(_open(args.html, "w", "write")) if args.html else None
+        if page:
+            page.write(entity_page_head(f"Entities found by {display_name(args.model_dir)}"))
+        types: dict[str, None] = {}
         for text, entities in predict_stream(args.model_dir, texts, args.batch_size, args.max_length, args.device,
                                              args.amp):
             out.write(json.dumps({"text": text, "entities": [e.to_dict() for e in entities]}, ensure_ascii=False) + "\n")
             count += 1
+            if page:
+                page.write(entity_page_text(count, text, entities))
+                types.update(dict.fromkeys(e.type for e in entities))
         out.flush()
+        if page:
+            page.write(entity_page_tail(types))
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
     return 0
 

@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 # Fields that steer how a run is carried out, not what it computes: they may change on resume.
 RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", "keep_checkpoints", "resume",
-                         "overwrite", "force", "eval_batch_size", "cache", "cache_dir"})
+                         "overwrite", "force", "eval_batch_size", "cache", "cache_dir", "report_to"})
 
 
 def _opt(default, help: str, **extra):
@@ -61,6 +61,9 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     num_threads: typing.Optional[int] = _opt(None, "CPU threads for torch (default: torch's choice)")
     progress: bool = _opt(True, "show progress bars")
+    report_to: str = _opt("none", "live training curves: none, or tensorboard (event files in OUTPUT_DIR/tensorboard; "
+                                  "needs nerlib[tensorboard]); the loss of every step goes to OUTPUT_DIR/train_log.jsonl "
+                                  "either way", choices=("none", "tensorboard"))
     save_steps: typing.Optional[int] = _opt(None, "also write a checkpoint every N optimizer steps (one is always "
                                                   "written at the end of every epoch)")
     keep_checkpoints: int = _opt(2, "checkpoints kept: the newest K, plus the one of the best epoch")

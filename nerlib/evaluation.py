@@ -10,6 +10,7 @@ import contextlib
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -238,6 +239,9 @@ def evaluate(
     confusion_out: str | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
+    report_out: str | None = None,
+    report_json_out: str | None = None,
+    report_sentences: int = 100,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -255,39 +259,23 @@ def evaluate(
         confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
             without it a warning says how to install it).
         cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
+        report_out, report_json_out: write the error report (`error_report`) as HTML, as JSON.
+        report_sentences: how many of the sentences with the most errors the report lists.
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
         `sentences` and `words_in_split`.
 
     Raises:
-        NerlibError: missing model folder, bad data, or an unwritable predictions file.
+        NerlibError: missing model folder, bad data, or an unwritable output file.
     """
     import json
 
-    from .cache import resolve_cache_dir
-    from .data import load_split
     from .errors import ConfigError
-    from .loop import effective_max_length, prepare, evaluate_prepared
-    from .modeling import load_trained, read_nerlib_info
-    from .runtime import resolve_device, resolve_precision
 
-    trained_with = read_nerlib_info(model_dir).get("config", {}) if data is None or lang is None or max_length is None else {}
-    data = data or trained_with.get("data")
-    if not data:
-        raise ConfigError(f"{model_dir}: no record of the training data; pass --data")
-    lang = lang or trained_with.get("lang", "en")
-    tokenizer, model, label_set = load_trained(model_dir)
-    device_ = resolve_device(device)
-    precision = resolve_precision(device_, amp, amp_dtype)
-    model.to(device_)
-    window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
-    loaded = load_split(data, split, lang).head(max_samples)
-    prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
-    logger.info("%s: scored %d of %d words in %d sentences", loaded.source, metrics["words"], loaded.num_words,
-                len(loaded.sentences))
+    run = _predict_split(model_dir, data, split, lang, batch_size, max_length, max_samples, device, amp, amp_dtype,
+                         strict, cache, cache_dir)
+    loaded, prepared, predicted, label_set = run.loaded, run.prepared, run.predicted, run.label_set
     if predictions_out:
         labels = label_set.labels
         try:
@@ -305,5 +293,98 @@ def evaluate(
                                      [[labels[i] for i in ids] for ids in predicted], label_set.classes)
         if plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion"):
             logger.info("drew the entity confusion matrix into %s", confusion_out)
-    return {**metrics, "split": loaded.name, "data": data, "sentences": len(loaded.sentences),
+    if report_out or report_json_out:
+        from .html_report import write_report
+
+        write_report(_build_report(model_dir, run, report_sentences), report_out, report_json_out)
+        logger.info("wrote the error report to %s", " and ".join(p for p in (report_out, report_json_out) if p))
+    return {**run.metrics, "split": loaded.name, "data": run.data, "sentences": len(loaded.sentences),
             "words_in_split": loaded.num_words, "strict": strict}
+
+
+def error_report(model_dir: str, top: int = 100, **options) -> dict:
+    """The error analysis of a saved model on one split: what `evaluate(..., report_json_out=...)` writes.
+
+    Args:
+        model_dir: a folder written by `nerlib.train` (or any token-classification model).
+        top: how many of the sentences with the most errors to list.
+        options: `evaluate`'s `data`, `split`, `lang`, `batch_size`, `max_length`, `max_samples`,
+            `device`, `amp`, `amp_dtype`, `cache`, `cache_dir`.
+
+    Returns:
+        `nerlib.reports.build_error_report`'s dict: `scores` (`lenient`: the figures `evaluate`
+        returns, `strict`), `outcomes` (exact, wrong type, wrong boundary, wrong boundary and
+        type, missed, spurious: per type and in total), `confusion`, `slices` (seen in training
+        or not, entity length, sentence length, windows per sentence) and `worst_sentences`.
+
+    Raises:
+        NerlibError: missing model folder or bad data.
+    """
+    return _build_report(model_dir, _predict_split(model_dir, **options), top)
+
+
+@dataclass
+class _Predicted:
+    """One split of a data source predicted by a saved model, and what it was read with."""
+
+    loaded: object
+    prepared: object
+    predicted: list[np.ndarray]
+    metrics: dict
+    label_set: object
+    data: str
+    trained_with: dict
+
+
+def _predict_split(model_dir: str, data: str | None = None, split: str = "test", lang: str | None = None,
+                   batch_size: int = 64, max_length: int | None = None, max_samples: int | None = None,
+                   device: str = "auto", amp: bool = False, amp_dtype: str = "auto", strict: bool = False,
+                   cache: bool = True, cache_dir: str | None = None) -> _Predicted:
+    from .cache import resolve_cache_dir
+    from .data import load_split
+    from .errors import ConfigError
+    from .loop import effective_max_length, prepare, evaluate_prepared
+    from .modeling import load_trained, read_nerlib_info
+    from .runtime import resolve_device, resolve_precision
+
+    trained_with = read_nerlib_info(model_dir).get("config", {})
+    data = data or trained_with.get("data")
+    if not data:
+        raise ConfigError(f"{model_dir}: no record of the training data; pass --data")
+    lang = lang or trained_with.get("lang", "en")
+    tokenizer, model, label_set = load_trained(model_dir)
+    device_ = resolve_device(device)
+    precision = resolve_precision(device_, amp, amp_dtype)
+    model.to(device_)
+    window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
+    loaded = load_split(data, split, lang).head(max_samples)
+    prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
+    logger.info("%s: scored %d of %d words in %d sentences", loaded.source, metrics["words"], loaded.num_words,
+                len(loaded.sentences))
+    return _Predicted(loaded, prepared, predicted, metrics, label_set, data, trained_with)
+
+
+def _build_report(model_dir: str, run: _Predicted, top: int) -> dict:
+    """The error report of a predicted split; the training split (as trained on) gives the seen surface forms."""
+    from .data import load_split, tag_ids
+    from .errors import DataError
+    from .reports import build_error_report, surface_forms
+
+    train_forms = None
+    train_data = run.trained_with.get("data")
+    if train_data:
+        try:
+            train = load_split(train_data, "train", run.trained_with.get("lang", "en")).head(
+                run.trained_with.get("max_train_samples"))
+            train_forms = surface_forms(train.sentences, [tag_ids(s, run.label_set) for s in train.sentences],
+                                        run.label_set)
+        except DataError as exc:
+            logger.warning("the training split cannot be read (%s): the report has no seen/unseen slice", exc)
+    else:
+        logger.warning("%s: no record of the training data: the report has no seen/unseen slice", model_dir)
+    encoded = run.prepared.encoded
+    windows = np.bincount(encoded.sentence_index, minlength=len(run.loaded.sentences))
+    return build_error_report(run.loaded.sentences, encoded.gold, run.predicted, run.label_set, windows, train_forms,
+                              model_dir, run.trained_with.get("model", ""), run.data, run.loaded.name, top)

@@ -32,10 +32,11 @@ from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, pa
 from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .reports import write_reports
+from .reports import build_error_report, surface_forms, write_reports
 from .runtime import (Precision, configure_threads, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
                       release_freed_memory, resolve_precision, seed_everything)
 from .scoring import score_predictions
+from .tracking import check_report_to, open_run_log
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +305,7 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
     output_dir = config.output_dir
     if world.is_main:
         _prepare_output_dir(config)
+        check_report_to(config.report_to)
     distributed.barrier(world)
 
     train_split, val_split, test_split = _read_splits(config)
@@ -373,7 +375,8 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                disable=not (config.progress and world.is_main), dynamic_ncols=True)
     consecutive_skipped = 0
     model.train()
-    with _graceful_stop() as stop:
+    run_log = open_run_log(output_dir, config.report_to, world.is_main, state["global_step"] if config.resume else None)
+    with _graceful_stop() as stop, run_log:
         while state["epoch"] <= config.epochs:
             epoch = state["epoch"]
             if config.group_by_length:
@@ -431,11 +434,13 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                         + (f"; the last good checkpoint is {last[-1]}" if last else "")
                         + "; try a lower --lr, or check the data of that batch"
                     )
+                step_lr = scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on below
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                if overflow > 0:
+                skipped = overflow > 0
+                if skipped:
                     # The scaler found inf/NaN gradients, skipped this update and lowered the scale;
                     # the step is counted, its loss kept out of the averages.
                     state["skipped_steps"] += 1
@@ -461,6 +466,9 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                 if state["skipped_steps"]:
                     postfix["skipped"] = state["skipped_steps"]
                 bar.set_postfix(postfix, refresh=False)
+                if not skipped:  # a skipped step's loss (often inf or NaN) stays out of the log too
+                    run_log.step(step, epoch, group_loss / group_words, step_lr,
+                                 (state["train_words"] + state["epoch_words"]) / seconds)
                 save_now = config.save_steps and step % config.save_steps == 0
                 stopping = stop_votes > 0  # all ranks stop at one step
                 if (save_now or stopping) and state["batches_done"] < len(batches):
@@ -491,6 +499,7 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
             else:
                 f1 = float(epoch)  # no validation split: the last epoch is the best
                 logger.info("epoch %d: loss %s", epoch, loss_text)
+            run_log.epoch(epoch, state["global_step"], record["train_loss"], record.get("val"))
             state["history"].append(record)
             state["train_words"] += state["epoch_words"]
             state["train_seconds"] += state["epoch_seconds"]
@@ -552,8 +561,15 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
         with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2)
             handle.write("\n")
+        error_report = None
+        if test_data is not None:
+            error_report = build_error_report(
+                test_split.sentences, test_data.encoded.gold, test_predicted, label_set,
+                np.bincount(test_data.encoded.sentence_index, minlength=len(test_split.sentences)),
+                surface_forms(train_split.sentences, train_data.encoded.gold, label_set), output_dir, config.model,
+                config.data)
         metrics["reports"] = write_reports(output_dir, config.to_dict(), label_set, metrics,
-                                           test_data.encoded.gold if test_data else None, test_predicted)
+                                           test_data.encoded.gold if test_data else None, test_predicted, error_report)
     return metrics
 
 

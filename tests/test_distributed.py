@@ -506,3 +506,37 @@ def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint
         assert results[rank]["none-on-rank-0"]["path"] is None  # rank 0 has none: every rank starts afresh
         # One collective a step (the step's loss, overflow and stop votes), one more at the epoch's end.
         assert results[rank]["collectives"] == {"all_reduce": 4 + 1, "steps": 4}  # 32 sentences / (4 x 2 ranks)
+
+
+def test_each_rank_predicts_only_its_share_of_the_windows(tmp_path, tiny_encoder, tiny_tokenizer):
+    """Counted where the model runs, not compared with one process: a bug both share cannot cancel out."""
+    from collections import Counter
+
+    data = write_hub_folder(tmp_path / "data", sizes=(16, 9, 11), seed=7)
+    five = multinerd_label_set("five")
+    expected = {split: [tuple(ids.tolist()) for ids in encode(load_split(data, split, "en").sentences, five,
+                                                               tiny_tokenizer, max_length=10).input_ids]
+                for split in ("val", "test")}
+    assert len(expected["val"]) % 2 == 1 and len(expected["test"]) % 2 == 1  # shares cannot be even
+
+    prefix = str(tmp_path / "windows")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(ROOT, "tests", "eval_window_counter.py"), prefix, f"--model={tiny_encoder}",
+               f"--data={data}", f"--output-dir={tmp_path / 'run'}", "--labels=five", "--epochs=1", "--batch-size=4",
+               "--max-length=10", "--eval-batch-size=3", "--num-threads=1", "--device=cpu", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    predicted = []
+    for rank in range(2):
+        with open(f"{prefix}.{rank}.json", encoding="utf-8") as handle:
+            predicted.append([tuple(window) for window in json.load(handle)])
+    # The validation split once (one epoch) and the test split once: together the two ranks ran
+    # every window exactly once, so neither ran the other's.
+    everything = expected["val"] + expected["test"]
+    assert len(predicted[0]) + len(predicted[1]) == len(everything)
+    assert Counter(predicted[0]) + Counter(predicted[1]) == Counter(everything)
+    # Each split's windows are dealt out evenly: a rank gets half of each, rounded either way.
+    low = sum(len(w) // 2 for w in expected.values())
+    assert all(low <= len(share) <= low + 2 for share in predicted), [len(share) for share in predicted]

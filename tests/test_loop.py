@@ -175,6 +175,9 @@ def test_skipped_fp16_steps_are_counted_and_kept_out_of_the_loss(train_only_fold
 
     with open(os.path.join(config.output_dir, "metrics.json"), encoding="utf-8") as handle:
         json.load(handle, parse_constant=no_constants)
+    with open(os.path.join(config.output_dir, "train_log.jsonl"), encoding="utf-8") as handle:
+        logged = [json.loads(line, parse_constant=no_constants) for line in handle]
+    assert [record["step"] for record in logged if record["event"] == "step"] == [1, 3, 5, 6]
 
 
 def test_a_changed_configuration_is_refused_before_any_state_is_restored(train_only_folder, tiny_encoder, tmp_path,

@@ -72,15 +72,22 @@ def _start_and_stop_at_step(args, step, send):
     return process.returncode, stderr
 
 
+# The kill step is drawn from a seeded generator so that a failure replays: the seed and step are
+# printed (pytest shows them with a failure); NERLIB_KILL_SEED=N tries another step.
+KILL_SEED = int(os.environ.get("NERLIB_KILL_SEED", "2024"))
+
+
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(reference, tiny_encoder, tmp_path):
     data, uninterrupted = reference
-    step = random.Random().randint(2, STEPS - 6)
+    step = random.Random(KILL_SEED).randint(2, STEPS - 6)
+    replay = f"kill seed {KILL_SEED} (NERLIB_KILL_SEED): SIGKILL once checkpoint {step} exists"
+    print(replay)
     out = tmp_path / "killed"
     code, _ = _start_and_stop_at_step(_train_args(data, tiny_encoder, out), step, signal.SIGKILL)
-    assert code == -signal.SIGKILL, f"the run was not killed at step {step}"
+    assert code == -signal.SIGKILL, f"the run was not killed: {replay}"
     result = run_cli("train.py", *_train_args(data, tiny_encoder, out, "--resume"))
-    assert result.returncode == 0, result.stderr
-    assert "resuming from" in result.stderr
+    assert result.returncode == 0, f"{replay}\n{result.stderr}"
+    assert "resuming from" in result.stderr, replay
     _same_run(uninterrupted, out)
 
 
