@@ -148,26 +148,52 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def rng_state() -> dict:
-    """Every RNG the run draws from, in types `torch.load(weights_only=True)` accepts."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG the run draws from, in types `torch.load(weights_only=True)` accepts.
+
+    On a CUDA `device`, its own generator only (`cuda`): not every visible GPU's, which a resume
+    with fewer visible GPUs could not restore and one on another GPU would restore wrongly.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None, source: str = "rng.pt") -> None:
+    """Restore what `rng_state` saved; the CUDA generator into the run's own `device`.
+
+    A CUDA state saved on one GPU continues on whichever GPU the resumed run uses. Checkpoints of
+    earlier nerlib versions hold a list with every visible GPU's state: the entry of the run's
+    device index is restored.
+
+    Raises:
+        CheckpointError: such a list has no entry for the run's device index.
+    """
     random.setstate(_as_tuple(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return  # a CUDA state saved before a move to the CPU has nothing to go into
+    cuda = state.get("cuda")
+    if cuda is None:
+        logger.warning("%s: no CUDA RNG state (saved without CUDA); dropout on %s continues from its seed",
+                       source, device)
+        return
+    if isinstance(cuda, (list, tuple)):  # every visible GPU's state, as earlier versions saved it
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            raise CheckpointError(f"{source}: holds the CUDA RNG states of {len(cuda)} GPU(s) (an earlier nerlib), "
+                                  f"none for cuda:{index}; resume on one of cuda:0-{len(cuda) - 1}, or pass "
+                                  f"--overwrite to start over")
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuple(value):
@@ -278,7 +304,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, sca
     root = checkpoints_root(output_dir)
     final = checkpoint_path(output_dir, step)
     temporary = os.path.join(root, f"{TEMPORARY_PREFIX}{PREFIX}{step:08d}-{os.getpid()}")
-    rng = rng_state()
+    rng = rng_state(next(model.parameters()).device)
     if rank_rngs is not None:
         rng["ranks"] = rank_rngs
     writers: dict[str, Callable[[str], None]] = {
@@ -527,7 +553,7 @@ def restore(checkpoint: Checkpoint, model, optimizer, scheduler, scaler, rank: i
         with _loading(path, "scaler.pt"):
             scaler.load_state_dict(states["scaler"])
     with _loading(path, "rng.pt"):
-        set_rng_state(rng)
+        set_rng_state(rng, device, os.path.join(path, "rng.pt"))
     return checkpoint.trainer_state
 
 
@@ -569,6 +595,24 @@ def remove_stale_temporaries(folder: str) -> None:
             continue
         logger.info("removing %s, left by process %d, which is no longer running", os.path.join(folder, name), pid)
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def manifest_digest(path: str) -> str:
+    """SHA-256 of a checkpoint's COMPLETE manifest: equal digests mean the same files, byte for byte."""
+    return _sha256(os.path.join(path, MARKER))
+
+
+def local_copy_problem(path: str, digest: str) -> str | None:
+    """Why this machine's `path` cannot stand in for the checkpoint whose manifest has `digest`; None if it can."""
+    if not os.path.isdir(path):
+        return "missing"
+    try:
+        verify(path)
+    except (CorruptCheckpoint, CheckpointError) as exc:
+        return str(exc)
+    if manifest_digest(path) != digest:
+        return "a different checkpoint of the same step"
+    return None
 
 
 def prune(output_dir: str, keep: int, protect: str | None) -> None:

@@ -72,6 +72,9 @@ class TrainConfig:
     amp: bool = _opt(False, "mixed precision: bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16")
     amp_dtype: str = _opt("auto", "precision under --amp: auto (bf16 where the device has it natively, else "
                                   "fp16 on CUDA), bf16, fp16", choices=("auto", "bf16", "fp16"))
+    tf32: bool = _opt(True, "on CUDA GPUs of compute capability 8.0 and later (Ampere+), compute fp32 matmuls with "
+                            "TF32 tensor cores (fp32 range, 10-bit mantissa); --no-tf32 keeps them in full fp32. "
+                            "No effect on CPUs")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     num_threads: typing.Optional[int] = _opt(None, "CPU threads for torch (default: torch's choice)")
     progress: bool = _opt(True, "show progress bars")

@@ -24,7 +24,7 @@ from .cache import cached_encode, resolve_cache_dir
 from .config import TrainConfig
 from .data import Split, SplitNotFound, all_tags, load_split, single_split_source
 from .checkpoint import (
-    TEMPORARY_PREFIX, CheckpointError, SaveError, checkpoint_path, differences, find_resumable, fingerprint,
+    TEMPORARY_PREFIX, CheckpointError, SaveError, checkpoint_path, differences, fingerprint,
     list_checkpoints, lock_output_dir, move_files_into, prune, remove_stale_temporaries, restore, rng_state,
     save_checkpoint, weight_misfits, written_or_removed,
 )
@@ -34,8 +34,8 @@ from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
 from .reports import build_error_report, surface_forms, write_reports
-from .runtime import (Precision, configure_threads, pad_multiple, release_freed_memory, resolve_precision,
-                      seed_everything)
+from .runtime import (Precision, configure_threads, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
+                      release_freed_memory, resolve_precision, seed_everything)
 from .scoring import score_by_language, score_predictions
 from .tracking import check_report_to, open_run_log
 
@@ -282,7 +282,8 @@ def _fresh_state(config: TrainConfig, data_fingerprint: dict) -> dict:
         "best_epoch": 0,
         "best_checkpoint": None,
         "history": [],
-        "epoch_loss": 0.0,
+        "epoch_loss": 0.0,        # summed loss of the epoch's steps that updated the weights
+        "epoch_loss_words": 0,    # labelled words of those steps (fp16 steps the scaler skipped are left out)
         "epoch_words": 0,
         "epoch_seconds": 0.0,
         "train_words": 0,
@@ -296,8 +297,12 @@ def _fresh_state(config: TrainConfig, data_fingerprint: dict) -> dict:
 
 def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_fingerprint: dict,
             world: distributed.World) -> dict | None:
-    """Restore the newest complete checkpoint; None when there is nothing to resume."""
-    found = find_resumable(config.output_dir)
+    """Restore the newest complete checkpoint; None when there is nothing to resume.
+
+    Under torchrun every rank resumes from rank 0's choice or all refuse together
+    (`distributed.agree_on_checkpoint`); the configuration is compared before anything is restored.
+    """
+    found = distributed.agree_on_checkpoint(config.output_dir, world)
     if found.path is None:
         if found.skipped:
             raise CheckpointError(f"{config.output_dir}: no complete checkpoint to resume from "
@@ -319,6 +324,7 @@ def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_finge
                                   f"({listing}); pass --force to resume anyway")
         logger.warning("--force: resuming although these differ: %s", listing)
     state = restore(found.checkpoint, model, optimizer, scheduler, scaler, rank=world.rank)
+    state.setdefault("epoch_loss_words", state["epoch_words"])  # checkpoints of earlier versions
     logger.info("resuming from %s (epoch %d, %d batches into it, step %d)", found.path, state["epoch"],
                 state["batches_done"], state["global_step"])
     return state
@@ -362,19 +368,24 @@ def train(config: TrainConfig) -> dict:
             TrainingInterrupted after SIGTERM/SIGINT (a checkpoint was written);
             NonFiniteLoss on a NaN/inf loss or endless fp16 overflow.
     """
+    # The fast tokenizer's threads and a later fork (a DataLoader worker, a subprocess) deadlock;
+    # train.py sets this too, but a script calling nerlib.train() goes through here only.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     world = distributed.setup(config.device)
     try:
-        with _claim_output_dir(config, world):
-            return _train(config, world)
+        with _claim_output_dir(config, world), fp32_matmul_precision(world.device, config.tf32) as tf32:
+            return _train(config, world, tf32)
     finally:
         distributed.teardown(world)
 
 
-def _train(config: TrainConfig, world: distributed.World) -> dict:
+def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
     started = time.perf_counter()
     configure_threads(config.num_threads)
     device = world.device
     precision = resolve_precision(device, config.amp, config.amp_dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # metrics.json reports this run's peak
     output_dir = config.output_dir
 
     train_split, val_split, test_split = _read_splits(config)
@@ -386,8 +397,6 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
     if device.type == "cpu":
         use_cpu_training_settings(model)
-    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
-    train_model = distributed.wrap_model(model, world)
     distributed.seed_rank(config.seed, world)
     max_length = effective_max_length(config.max_length, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -420,6 +429,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     data_fingerprint["world_size"] = world.size  # batch order and RNG streams depend on it
     state = _resume(config, model, optimizer, scheduler, scaler, data_fingerprint, world) if config.resume else None
     state = state or _fresh_state(config, data_fingerprint)
+    # Wrapped after the resume: DDP starts by copying rank 0's weights to every rank.
+    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
+    train_model = distributed.wrap_model(model, world)
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
@@ -429,7 +441,7 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
 
     def checkpoint() -> str:
         # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
-        rank_rngs = distributed.gather_to_main(rng_state(), world)
+        rank_rngs = distributed.gather_to_main(rng_state(device), world)
         path = checkpoint_path(output_dir, state["global_step"])
 
         def write() -> None:
@@ -454,6 +466,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
             else:
                 batches = shuffled_batches(len(encoded), global_batch, config.seed, epoch)
             order_digest = _batch_order_digest(batches)
+            # The labelled words of each global batch (all ranks' shares): every rank counts a
+            # step's words itself, with no collective.
+            global_words = [int(words_per_window[b].sum()) for b in distributed.kept_batches(batches, world.size)]
             batches = distributed.shard_batches(batches, world.rank, world.size)
             epoch_padding = padding_efficiency(lengths, batches, pad_to)
             segment_started = time.perf_counter()
@@ -462,8 +477,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                 # Normalise by the labelled words of the whole accumulation group, so every word
                 # weighs the same however the group's batches are cut.
                 # Under torchrun: the words of the group on all ranks (distributed.loss_scale says why).
-                group_words = int(distributed.all_reduce_sum(int(sum(words_per_window[b].sum() for b in group)), world))
-                group_loss = 0.0
+                group_words = sum(global_words[group_start:group_start + len(group)])
+                group_loss = torch.zeros((), device=device)  # summed on the device: no host read a micro-batch
                 for micro, batch_indices in enumerate(group):
                     batch = collate([encoded.input_ids[i] for i in batch_indices],
                                     [encoded.labels[i] for i in batch_indices], pad_id, pad_to)
@@ -475,10 +490,23 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
                                                    ignore_index=IGNORE_INDEX, reduction="sum")
                         scaler.scale(loss_sum * distributed.loss_scale(group_words, world)).backward()
-                    group_loss += loss_sum.item()
-                # The loss of the whole step on all ranks: every rank sees the same value, so all
-                # stop together on a non-finite loss.
-                group_loss = distributed.all_reduce_sum(group_loss, world)
+                    group_loss += loss_sum.detach()
+                overflow = torch.zeros((), device=device)
+                if config.max_grad_norm > 0 or precision.uses_scaler:
+                    scaler.unscale_(optimizer)
+                    # Under fp16 the norm is taken even without clipping: a non-finite norm is what
+                    # makes the scaler skip the update, known here without reading its scale.
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+                    if precision.uses_scaler:
+                        overflow = (~torch.isfinite(grad_norm)).float()
+                # One collective and one host read a step: the step's loss on all ranks (every
+                # rank sees the same value, so all stop together on a non-finite loss), whether
+                # the gradients overflowed, and whether any rank was asked to stop.
+                # (torch.full fills on the device; a tensor made from a Python number would be a
+                # blocking copy from the host.)
+                stop_vote = torch.full((), float(stop.signal is not None), device=device)
+                step_values = torch.stack([group_loss, overflow, stop_vote])
+                group_loss, overflow, stop_votes = distributed.all_reduce_sum_tensor(step_values, world).tolist()
                 step = state["global_step"] + 1
                 if not math.isfinite(group_loss) and not precision.uses_scaler:
                     last = list_checkpoints(output_dir)
@@ -488,17 +516,15 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         + (f"; the last good checkpoint is {last[-1]}" if last else "")
                         + "; try a lower --lr, or check the data of that batch"
                     )
-                if config.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                scale_before = scaler.get_scale() if precision.uses_scaler else None
                 step_lr = scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on below
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                if precision.uses_scaler and scaler.get_scale() < scale_before:
-                    # The scaler found inf/NaN gradients, skipped this update and lowered the scale.
+                skipped = overflow > 0
+                if skipped:
+                    # The scaler found inf/NaN gradients, skipped this update and lowered the scale;
+                    # the step is counted, its loss kept out of the averages.
                     state["skipped_steps"] += 1
                     consecutive_skipped += 1
                     if consecutive_skipped >= MAX_CONSECUTIVE_SKIPPED:
@@ -509,11 +535,12 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         )
                 else:
                     consecutive_skipped = 0
+                    state["epoch_loss"] += group_loss
+                    state["epoch_loss_words"] += group_words
+                    state["loss_by_step"].append([step, group_loss / group_words])
                 state["global_step"] = step
                 state["batches_done"] = group_start + len(group)
-                state["epoch_loss"] += group_loss
                 state["epoch_words"] += group_words
-                state["loss_by_step"].append([step, group_loss / group_words])
                 bar.update(len(group))
                 seconds = state["train_seconds"] + state["epoch_seconds"] + time.perf_counter() - segment_started
                 postfix = {"loss": f"{group_loss / group_words:.4f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}",
@@ -521,10 +548,11 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                 if state["skipped_steps"]:
                     postfix["skipped"] = state["skipped_steps"]
                 bar.set_postfix(postfix, refresh=False)
-                run_log.step(step, epoch, group_loss / group_words, step_lr,
-                             (state["train_words"] + state["epoch_words"]) / seconds)
+                if not skipped:  # a skipped step's loss (often inf or NaN) stays out of the log too
+                    run_log.step(step, epoch, group_loss / group_words, step_lr,
+                                 (state["train_words"] + state["epoch_words"]) / seconds)
                 save_now = config.save_steps and step % config.save_steps == 0
-                stopping = distributed.any_true(stop.signal is not None, world)  # all ranks stop at one step
+                stopping = stop_votes > 0  # all ranks stop at one step
                 if (save_now or stopping) and state["batches_done"] < len(batches):
                     state["epoch_seconds"] += time.perf_counter() - segment_started
                     segment_started = time.perf_counter()
@@ -535,26 +563,30 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
             state["epoch_seconds"] += time.perf_counter() - segment_started
             if device.type == "cpu":
                 release_freed_memory()  # what the steps kept for reuse, before validation and saving
-            record = {"epoch": epoch, "train_loss": state["epoch_loss"] / max(1, state["epoch_words"]),
+            # None when the scaler skipped every step of the epoch: metrics.json holds no NaN.
+            train_loss = state["epoch_loss"] / state["epoch_loss_words"] if state["epoch_loss_words"] else None
+            record = {"epoch": epoch, "train_loss": train_loss,
                       "train_words_per_s": state["epoch_words"] / max(state["epoch_seconds"], 1e-9),
                       "batch_order": order_digest, "padding_efficiency": epoch_padding}
             if state["skipped_steps"]:
                 record["skipped_steps_so_far"] = state["skipped_steps"]
+            loss_text = "every step skipped" if train_loss is None else f"{train_loss:.4f}"
             if val_data is not None:
                 record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size,
                                                      device, precision, world=world)
                 f1 = record["val"]["f1"]
-                logger.info("epoch %d: loss %.4f, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
-                            record["train_loss"], f1, record["val"]["precision"], record["val"]["recall"],
+                logger.info("epoch %d: loss %s, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
+                            loss_text, f1, record["val"]["precision"], record["val"]["recall"],
                             record["val"]["words"])
             else:
                 f1 = float(epoch)  # no validation split: the last epoch is the best
-                logger.info("epoch %d: loss %.4f", epoch, record["train_loss"])
+                logger.info("epoch %d: loss %s", epoch, loss_text)
             run_log.epoch(epoch, state["global_step"], record["train_loss"], record.get("val"))
             state["history"].append(record)
             state["train_words"] += state["epoch_words"]
             state["train_seconds"] += state["epoch_seconds"]
-            state.update(epoch=epoch + 1, batches_done=0, epoch_loss=0.0, epoch_words=0, epoch_seconds=0.0)
+            state.update(epoch=epoch + 1, batches_done=0, epoch_loss=0.0, epoch_loss_words=0, epoch_words=0,
+                         epoch_seconds=0.0)
             improved = f1 > state["best_f1"]
             if improved:
                 state["best_f1"], state["best_epoch"] = f1, epoch
@@ -571,11 +603,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     best_epoch = state["best_epoch"]
     if best_epoch != config.epochs:
         logger.info("reloading epoch %d, the best by validation f1", best_epoch)
-        from transformers import AutoModelForTokenClassification
-
         distributed.barrier(world)
         if world.is_main:
-            model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+            model = load_model_for_training(output_dir, label_set, config.trust_remote_code).to(device)
         distributed.broadcast_model(model, world)
     test_metrics, test_predicted, test_seconds = None, None, 0.0
     if test_data is not None:
@@ -590,6 +620,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
         "label_set": label_set.name,
         "labels": list(label_set.labels),
         "precision_mode": precision.name,
+        "tf32": tf32,
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(device),
         "device": str(device),
         "world_size": world.size,
         "best_epoch": best_epoch,
