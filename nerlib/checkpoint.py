@@ -56,7 +56,8 @@ REQUIRED_FILES = (MODEL_FILE, STATE_FILE) + tuple(f"{name}.pt" for name in TENSO
 # one cannot be resumed, and one of another type cannot have been written by save_checkpoint.
 NUMBER = (int, float)
 STATE_KEY_TYPES = {"epoch": int, "batches_done": int, "global_step": int, "best_f1": NUMBER, "best_epoch": int,
-                   "best_checkpoint": (str, type(None)), "history": list, "epoch_loss": NUMBER, "epoch_words": int,
+                   "best_checkpoint": (str, type(None)), "history": list, "epoch_loss": NUMBER, "epoch_loss_words": int,
+                   "epoch_words": int,
                    "epoch_seconds": NUMBER, "train_words": int, "train_seconds": NUMBER, "skipped_steps": int,
                    "loss_by_step": list, "config": dict, "fingerprint": dict}
 REQUIRED_STATE_KEYS = tuple(STATE_KEY_TYPES)
