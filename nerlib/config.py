@@ -36,17 +36,19 @@ class TrainConfig:
                                           "(train.txt, dev.conll, test.jsonl, eng.train, ...), or a "
                                           "datasets.save_to_disk folder")
     train_file: typing.Optional[str] = _opt(None, "the training file (any format nerlib reads), instead of the train "
-                                                  "split of --data", flag="--train")
+                                                  "split of --data", flag="--train", metavar="FILE")
     val_file: typing.Optional[str] = _opt(None, "the validation file, instead of the val split of --data",
-                                          flag="--val")
-    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test")
+                                          flag="--val", metavar="FILE")
+    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test",
+                                           metavar="FILE")
     lang: str = _opt("en", "language(s) of the data: en, a list such as en,de,fr, or all; records of other "
                            "languages are dropped (and counted)")
     tag_scheme: str = _opt("auto", "tag scheme of the data: auto (detected per file), bio (iob2), iob1, bioes "
                                    "(iobes), bilou, io; converted to BIO", choices=SCHEME_CHOICES)
-    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, from 1 (default: the first, "
-                                                    "or the second after an index column)")
-    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, from 1 (default: the last)")
+    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, counted from 1 (unset: the "
+                                                    "first, or the second after an index column)", metavar="N")
+    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, counted from 1 (unset: the last)",
+                                                  metavar="N")
     on_overlap: str = _opt("error", "character spans that overlap or nest: error, or keep-longest (the shorter "
                                     "ones are dropped and counted)", choices=ON_OVERLAP)
     model: str = _opt("distilbert-base-uncased", "pre-trained encoder: a local folder or a hub model id")
@@ -170,7 +172,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
             continue
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
         parser.add_argument(flag, dest=f.name, type=base, default=f.default, choices=f.metadata.get("choices"),
-                            metavar=None if f.metadata.get("choices") else f.name.upper(),
+                            metavar=None if f.metadata.get("choices") else f.metadata.get("metavar", f.name.upper()),
                             help=f"{help_text} (default: {f.default})")
 
 
