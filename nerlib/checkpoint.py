@@ -56,11 +56,12 @@ REQUIRED_FILES = (MODEL_FILE, STATE_FILE) + tuple(f"{name}.pt" for name in TENSO
 # one cannot be resumed, and one of another type cannot have been written by save_checkpoint.
 NUMBER = (int, float)
 STATE_KEY_TYPES = {"epoch": int, "batches_done": int, "global_step": int, "best_f1": NUMBER, "best_epoch": int,
-                   "best_checkpoint": (str, type(None)), "history": list, "epoch_loss": NUMBER, "epoch_loss_words": int,
-                   "epoch_words": int,
-                   "epoch_seconds": NUMBER, "train_words": int, "train_seconds": NUMBER, "skipped_steps": int,
-                   "loss_by_step": list, "config": dict, "fingerprint": dict}
-REQUIRED_STATE_KEYS = tuple(STATE_KEY_TYPES)
+                   "best_checkpoint": (str, type(None)), "history": list, "epoch_loss": NUMBER,
+                   "epoch_loss_words": int, "epoch_words": int, "epoch_seconds": NUMBER, "train_words": int,
+                   "train_seconds": NUMBER, "skipped_steps": int, "loss_by_step": list, "config": dict,
+                   "fingerprint": dict}
+OPTIONAL_STATE_KEYS = ("epoch_loss_words",)  # absent from earlier versions' checkpoints; the loop fills it in
+REQUIRED_STATE_KEYS = tuple(key for key in STATE_KEY_TYPES if key not in OPTIONAL_STATE_KEYS)
 LOCK_FILE = ".nerlib.lock"
 TEMPORARY_PREFIX = ".tmp-"  # then what is written, and the writer's PID last: `.tmp-checkpoint-00000012-4242`
 
@@ -461,7 +462,8 @@ def read_checkpoint(path: str) -> Checkpoint:
     missing = [key for key in REQUIRED_STATE_KEYS if key not in trainer_state]
     if missing:
         raise CheckpointError(f"{path}: {STATE_FILE} is missing {', '.join(missing)}, which the resume needs")
-    wrong = [key for key, kind in STATE_KEY_TYPES.items() if not isinstance(trainer_state[key], kind)]
+    wrong = [key for key, kind in STATE_KEY_TYPES.items() if key in trainer_state
+             and not isinstance(trainer_state[key], kind)]
     if wrong:
         raise CorruptCheckpoint(path, STATE_FILE, f"{', '.join(wrong)} of the wrong type")
     history = trainer_state["history"]

@@ -324,6 +324,7 @@ def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_finge
                                   f"({listing}); pass --force to resume anyway")
         logger.warning("--force: resuming although these differ: %s", listing)
     state = restore(found.checkpoint, model, optimizer, scheduler, scaler, rank=world.rank)
+    state.setdefault("epoch_loss_words", state["epoch_words"])  # checkpoints of earlier versions
     logger.info("resuming from %s (epoch %d, %d batches into it, step %d)", found.path, state["epoch"],
                 state["batches_done"], state["global_step"])
     return state

@@ -256,7 +256,8 @@ def test_every_key_of_the_loop_state_is_checked_when_a_checkpoint_is_read():
     from nerlib.loop import _fresh_state
 
     fresh = _fresh_state(TrainConfig(), {"labels": []})
-    assert list(fresh) == list(ckpt.REQUIRED_STATE_KEYS)
+    assert list(fresh) == list(ckpt.STATE_KEY_TYPES)
+    assert set(ckpt.REQUIRED_STATE_KEYS) == set(fresh) - set(ckpt.OPTIONAL_STATE_KEYS)
     assert all(isinstance(value, ckpt.STATE_KEY_TYPES[key]) for key, value in fresh.items())
 
 
