@@ -1,13 +1,13 @@
-"""`python -m nerlib train ...` / `python -m nerlib evaluate ...` / `python -m nerlib predict ...`."""
+"""`python -m nerlib train|evaluate|predict|convert ...`."""
 
 import os
 import sys
 
-from .cli import evaluate_main, predict_main, run, train_main
+from .cli import convert_main, evaluate_main, predict_main, run, train_main
 
 
 def main() -> int:
-    commands = {"train": train_main, "evaluate": evaluate_main, "predict": predict_main}
+    commands = {"train": train_main, "evaluate": evaluate_main, "predict": predict_main, "convert": convert_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m nerlib {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2

@@ -11,12 +11,17 @@ import sys
 from typing import Callable
 
 from .config import add_config_arguments, check_numbers, config_from_args
+from .convert import WRITERS, convert
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
 from .evaluation import evaluate, format_table, json_line, prepare_output_file
+from .formats import ON_OVERLAP, ReadOptions
+from .html_report import entity_page_head, entity_page_tail, entity_page_text
 from .loop import train
 from .prediction import predict_stream, read_texts
-from .reports import PLOTS_HINT, plots_available, table_format, write_metrics_table
+from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
+from .schemes import SCHEME_CHOICES
+from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +114,32 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     if metrics["test"] is not None:
         test = metrics["test"]
-        say(format_table(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"),
+        say(metrics_tables(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"),
             f"scored {test['words']} of {metrics['test_words_in_split']} test words")
     elif metrics["val"] is not None:
-        say(format_table(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+        say(metrics_tables(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
     say(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s",
         saved_summary(metrics))
     return 0
+
+
+def metrics_tables(metrics: dict, title: str) -> str:
+    """The overall table, then one table a language when the split holds several."""
+    tables = [format_table(metrics, title=title)]
+    for lang, scores in metrics.get("per_lang", {}).items():
+        tables.append(format_table(scores, title=f"{title}, language {lang}"))
+    return "\n\n".join(tables)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """`--tag-scheme`, `--token-column`, `--tag-column`, `--on-overlap` (None: as the model was trained)."""
+    parser.add_argument("--tag-scheme", choices=SCHEME_CHOICES, default="auto" if defaults else None,
+                        help="tag scheme of the data (default: " + ("auto, detected per file)" if defaults else
+                                                                    "as in training, else auto)"))
+    parser.add_argument("--token-column", type=int, metavar="N", help="column files: the token's column, from 1")
+    parser.add_argument("--tag-column", type=int, metavar="N", help="column files: the tag's column, from 1")
+    parser.add_argument("--on-overlap", choices=ON_OVERLAP, default="error" if defaults else None,
+                        help="overlapping character spans: error or keep-longest")
 
 
 def saved_summary(metrics: dict) -> str:
@@ -127,13 +151,17 @@ def saved_summary(metrics: dict) -> str:
     lines = [f"saved to {output_dir}:",
              f"  model and tokenizer  {output_dir}",
              f"  metrics              {os.path.join(output_dir, METRICS_FILE)}",
+             f"  loss of every step   {os.path.join(output_dir, TRAIN_LOG_FILE)}",
              f"  model card           {reports.get('model_card') or '(not written)'}"]
-    for key, name in (("training_curves", "training curves"), ("confusion", "confusion matrix")):
+    if os.path.isdir(os.path.join(output_dir, TENSORBOARD_DIR)):
+        lines.append(f"  TensorBoard events   {os.path.join(output_dir, TENSORBOARD_DIR)}")
+    for key, name in (("training_curves", "training curves"), ("confusion", "confusion matrix"),
+                      ("report", "error report")):
         if reports.get(key):
             lines.append(f"  {name:<20} {reports[key]}")
-        elif key == "confusion" and metrics.get("test") is None:
+        elif key in ("confusion", "report") and metrics.get("test") is None:
             lines.append(f"  {name:<20} (no test split)")
-        else:
+        elif key != "report":
             why = "see the warning above" if plots_available() else PLOTS_HINT
             lines.append(f"  {name:<20} (not drawn: {why})")
     return "\n".join(lines)
@@ -142,9 +170,12 @@ def saved_summary(metrics: dict) -> str:
 def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score a saved NER model on one split with seqeval.")
     parser.add_argument("model_dir", help="folder written by train.py (or any token-classification model)")
-    parser.add_argument("--data", help="data source (default: the one the model was trained on)")
+    parser.add_argument("--data", help="data source: a folder, a file (scored whole), or a hub id (default: the one "
+                                       "the model was trained on)")
     parser.add_argument("--split", default="test", help="train, val or test (default: test)")
-    parser.add_argument("--lang", help="language of hub-layout files (default: the training language)")
+    parser.add_argument("--lang", help="language(s) of the data: en, en,de, all; with several, the metrics are also "
+                                       "given per language (default: the training language)")
+    add_reading_arguments(parser, defaults=False)
     parser.add_argument("--batch-size", type=int, default=64, help="windows per inference batch (default: 64)")
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--max-samples", type=int, help="score only the first N sentences")
@@ -160,15 +191,23 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-out", metavar="FILE", help="write the per-type table to FILE.md (Markdown) or FILE.csv")
     parser.add_argument("--confusion-out", metavar="FILE",
                         help=f"draw the entity confusion matrix into FILE.png (needs matplotlib: {PLOTS_HINT})")
+    parser.add_argument("--report", metavar="FILE", help="write the error report to FILE.html (one self-contained page)")
+    parser.add_argument("--report-json", metavar="FILE", help="write the error report's figures to FILE.json")
+    parser.add_argument("--report-sentences", type=int, default=100, metavar="N",
+                        help="sentences with the most errors listed in the report (default: 100)")
     args = parser.parse_args(argv)
-    check_numbers(batch_size=args.batch_size, max_length=args.max_length, max_samples=args.max_samples)
+    check_numbers(batch_size=args.batch_size, max_length=args.max_length, max_samples=args.max_samples,
+                  token_column=args.token_column, tag_column=args.tag_column, report_sentences=args.report_sentences)
     if args.table_out:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
         prepare_output_file(args.table_out)
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
-                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir)
-    metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, **options)
+                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir,
+                   tag_scheme=args.tag_scheme, token_column=args.token_column, tag_column=args.tag_column,
+                   on_overlap=args.on_overlap)
+    metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, report_out=args.report,
+                       report_json_out=args.report_json, report_sentences=args.report_sentences, **options)
     if args.table_out:
         write_metrics_table(metrics, args.table_out)
         logger.info("wrote the per-type table to %s", args.table_out)
@@ -181,7 +220,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     scored = f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences"
     if metrics["sentences"] < metrics["sentences_in_split"]:
         scored += f" (the first {metrics['sentences']} of the split's {metrics['sentences_in_split']}: --max-samples)"
-    say(format_table(metrics, title=f"{metrics['split']} split of {metrics['data']}"), scored)
+    say(metrics_tables(metrics, title=f"{metrics['split']} split of {metrics['data']}"), scored)
     if strict is not None:
         say("", format_table(strict, title="strict IOB2"))
     return 0
@@ -203,12 +242,14 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    parser.add_argument("--html", metavar="FILE", help="also write the texts with their entities highlighted to FILE.html")
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after the texts
     check_numbers(batch_size=args.batch_size, max_length=args.max_length)
     if args.texts and (args.file or args.document):
         raise ConfigError("give texts as arguments or read them with --file / --document, not both")
-    if args.output:
-        prepare_output_file(args.output)
+    for path in (args.output, args.html):
+        if path:
+            prepare_output_file(path)
     count = 0
     with contextlib.ExitStack() as stack:
         if args.texts:
@@ -221,10 +262,19 @@ def predict_main(argv: list[str] | None = None) -> int:
             texts = read_texts(sys.stdin.buffer, "<stdin>", args.document)
         out = stack.enter_context(_output_file(args.output)) if args.output else sys.stdout
         name = args.output or STDOUT
+        page = stack.enter_context(_output_file(args.html)) if args.html else None
+        if page:
+            write(page, args.html, entity_page_head(f"Entities found by {display_name(args.model_dir)}"))
+        types: dict[str, None] = {}
         for text, entities in predict_stream(args.model_dir, texts, args.batch_size, args.max_length, args.device,
                                              args.amp):
             write(out, name, json_line({"text": text, "entities": [e.to_dict() for e in entities]}))
             count += 1
+            if page:
+                write(page, args.html, entity_page_text(count, text, entities))
+                types.update(dict.fromkeys(e.type for e in entities))
+        if page:
+            write(page, args.html, entity_page_tail(types))
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
     return 0
 
@@ -243,6 +293,24 @@ def _output_file(path: str):
         handle.close()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write a data source in another format, entity for entity: bio-tsv (token TAB tag), jsonl "
+                    "(MultiNERD's layout, string tags) or spans (text with character-offset entities).")
+    parser.add_argument("input", help="a file, a folder or a hub dataset id (anything --data takes)")
+    parser.add_argument("output", help="a file for a single-file input, else a folder (one file a split)")
+    parser.add_argument("--to", required=True, choices=tuple(WRITERS), help="the format written")
+    parser.add_argument("--lang", default="en", help="language(s) read: en, en,de, all (default: en)")
+    add_reading_arguments(parser, defaults=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    args = parser.parse_args(argv)
+    options = ReadOptions(args.tag_scheme, args.token_column, args.tag_column, args.on_overlap)
+    written = convert(args.input, args.output, args.to, args.lang, options, args.overwrite)
+    for split, paths in written.items():
+        say(f"{split}: {', '.join(paths)}")
+    return 0
 
 
 def _open(path: str, mode: str, verb: str):

@@ -13,13 +13,15 @@ import numbers
 import typing
 from dataclasses import dataclass, field
 
-from .data import DEFAULT_HUB_DATASET
+from .data import DEFAULT_HUB_DATASET, ReadOptions
 from .errors import ConfigError
+from .formats import ON_OVERLAP
+from .schemes import SCHEME_CHOICES
 
 
 # Fields that steer how a run is carried out, not what it computes: they may change on resume.
 RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", "keep_checkpoints", "resume",
-                         "overwrite", "force", "eval_batch_size", "cache", "cache_dir"})
+                         "overwrite", "force", "eval_batch_size", "cache", "cache_dir", "report_to"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "num_threads": NumberRule(1, 1024),  # torch takes a 32-bit count; 1024 is more cores than machines have
     "save_steps": _COUNT,
     "keep_checkpoints": _COUNT,
+    "token_column": _COUNT,   # columns count from 1 (formats.ReadOptions checks them for the readers too)
+    "tag_column": _COUNT,
+    "report_sentences": NumberRule(0),
     "max_length": NumberRule(MIN_MAX_LENGTH),
     "seed": NumberRule(0, 2**32 - 1),   # what NumPy's generator accepts
     "lr": NumberRule(0, integer=False, minimum_allowed=False),
@@ -122,8 +127,25 @@ class TrainConfig:
 
     labels: str = _opt("all", "label set: all (31 MultiNERD tags), five (PER ORG LOC ANIM DIS), auto (read from "
                               "the data), or a comma-separated subset of MultiNERD classes such as PER,LOC,DIS")
-    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, local folder in the hub layout, or folder of column files")
-    lang: str = _opt("en", "language of the hub-layout files to read; records of other languages are dropped")
+    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, or a folder: the hub layout, files named after their split "
+                                          "(train.txt, dev.conll, test.jsonl, eng.train, ...), or a "
+                                          "datasets.save_to_disk folder")
+    train_file: typing.Optional[str] = _opt(None, "the training file (any format nerlib reads), instead of the train "
+                                                  "split of --data", flag="--train", metavar="FILE")
+    val_file: typing.Optional[str] = _opt(None, "the validation file, instead of the val split of --data",
+                                          flag="--val", metavar="FILE")
+    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test",
+                                           metavar="FILE")
+    lang: str = _opt("en", "language(s) of the data: en, a list such as en,de,fr, or all; records of other "
+                           "languages are dropped (and counted)")
+    tag_scheme: str = _opt("auto", "tag scheme of the data: auto (detected per file), bio (iob2), iob1, bioes "
+                                   "(iobes), bilou, io; converted to BIO", choices=SCHEME_CHOICES)
+    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, counted from 1 (unset: the "
+                                                    "first, or the second after an index column)", metavar="N")
+    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, counted from 1 (unset: the last)",
+                                                  metavar="N")
+    on_overlap: str = _opt("error", "character spans that overlap or nest: error, or keep-longest (the shorter "
+                                    "ones are dropped and counted)", choices=ON_OVERLAP)
     model: str = _opt("distilbert-base-uncased", "pre-trained encoder: a local folder or a hub model id")
     output_dir: str = _opt("runs/nerlib", "folder for the model, tokenizer, configuration and metrics.json")
     epochs: int = _opt(2, "training epochs")
@@ -147,9 +169,15 @@ class TrainConfig:
     amp: bool = _opt(False, "mixed precision: bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16")
     amp_dtype: str = _opt("auto", "precision under --amp: auto (bf16 where the device has it natively, else "
                                   "fp16 on CUDA), bf16, fp16", choices=("auto", "bf16", "fp16"))
+    tf32: bool = _opt(True, "on CUDA GPUs of compute capability 8.0 and later (Ampere+), compute fp32 matmuls with "
+                            "TF32 tensor cores (fp32 range, 10-bit mantissa); --no-tf32 keeps them in full fp32. "
+                            "No effect on CPUs")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     num_threads: typing.Optional[int] = _opt(None, "CPU threads for torch (default: torch's choice)")
     progress: bool = _opt(True, "show progress bars")
+    report_to: str = _opt("none", "live training curves: none, or tensorboard (event files in OUTPUT_DIR/tensorboard; "
+                                  "needs nerlib[tensorboard]); the loss of every step goes to OUTPUT_DIR/train_log.jsonl "
+                                  "either way", choices=("none", "tensorboard"))
     save_steps: typing.Optional[int] = _opt(None, "also write a checkpoint every N optimizer steps (one is always "
                                                   "written at the end of every epoch)")
     keep_checkpoints: int = _opt(2, "checkpoints kept: the newest K, plus the one of the best epoch")
@@ -168,6 +196,21 @@ class TrainConfig:
             problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+        self.read_options()  # the data-reading options are checked where they are defined
+
+    def read_options(self) -> ReadOptions:
+        """How the data files are read (`--tag-scheme`, `--token-column`, `--tag-column`, `--on-overlap`)."""
+        return ReadOptions(self.tag_scheme, self.token_column, self.tag_column, self.on_overlap)
+
+    def split_sources(self) -> dict[str, str | None]:
+        """Where each split is read from: its `--train/--val/--test` file, else `--data`.
+
+        With a split file given and `--data` left at the hub default, the other splits are not
+        fetched from the hub: they are absent (None).
+        """
+        files = {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+        fallback = None if any(files.values()) and self.data == DEFAULT_HUB_DATASET else self.data
+        return {split: path or fallback for split, path in files.items()}
 
     def run_settings(self) -> dict:
         """The fields that define what is trained: a resume must match them (see RUN_CONTROL)."""
@@ -199,7 +242,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
     """Add one flag per field of a config dataclass: `--max-length`, `--amp`, `--no-progress`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         help_text = f.metadata.get("help", "")
         if kind is bool:
@@ -207,8 +250,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
                                 help=f"{help_text} (default: {'on' if f.default else 'off'})")
             continue
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
-        parser.add_argument(flag, type=base, default=f.default, choices=f.metadata.get("choices"),
-                            metavar=None if f.metadata.get("choices") else f.name.upper(),
+        parser.add_argument(flag, dest=f.name, type=base, default=f.default, choices=f.metadata.get("choices"),
+                            metavar=None if f.metadata.get("choices") else f.metadata.get("metavar", f.name.upper()),
                             help=f"{help_text} (default: {f.default})")
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 
+import torch
 from safetensors import safe_open
 
 from .errors import ModelError
@@ -61,7 +62,17 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_model_for_training(name: str, label_set: LabelSet, trust_remote_code: bool = False):
-    """A pre-trained encoder with a freshly initialised token-classification head for `label_set`."""
+    """A pre-trained encoder with a freshly initialised token-classification head for `label_set`.
+
+    The parameters are always fp32, whatever dtype the checkpoint was saved in: they are the
+    master weights that AdamW updates (autocast computes in fp16/bf16 where `--amp` asks), and
+    transformers 5 would otherwise load a model saved in fp16 or bf16 in that dtype
+    (`dtype="auto"`), where fp16 loss scaling refuses to unscale and small updates round away.
+    Also used to reload the best epoch's saved model in training.
+
+    Raises:
+        ModelError: the model cannot be found or loaded.
+    """
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
@@ -76,6 +87,7 @@ def load_model_for_training(name: str, label_set: LabelSet, trust_remote_code: b
             label2id=label_set.label2id,
             ignore_mismatched_sizes=True,
             trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
         )
     except Exception as exc:
         raise _hub_error(name, exc) from None
@@ -85,6 +97,9 @@ def load_model_for_training(name: str, label_set: LabelSet, trust_remote_code: b
 
 def load_trained(model_dir: str, trust_remote_code: bool = False):
     """A model saved by nerlib (or any token-classification model folder) and its label set.
+
+    For inference the weights keep the dtype they were saved in (nerlib saves fp32; a folder
+    saved in fp16 or bf16 is used as it is, which is what its author asked for).
 
     Returns:
         `(tokenizer, model, label_set)`; the label set is the model's `id2label`, and remaps
