@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 
-from .data import DEFAULT_HUB_DATASET
+from .data import DEFAULT_HUB_DATASET, ReadOptions
 from .errors import ConfigError
+from .formats import ON_OVERLAP
+from .schemes import SCHEME_CHOICES
 
 
 # How a saved model folder is run: PyTorch, or ONNX Runtime for a folder written by `nerlib export --onnx`.
@@ -23,18 +27,111 @@ RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", 
                          "overwrite", "force", "eval_batch_size", "cache", "cache_dir", "report_to"})
 
 
+@dataclass(frozen=True)
+class NumberRule:
+    """The values a numeric option accepts: a finite number (a whole one when `integer`) in a range."""
+
+    minimum: float
+    maximum: float = math.inf
+    integer: bool = True
+    minimum_allowed: bool = True   # False: the minimum itself is refused (a learning rate of 0)
+    maximum_allowed: bool = True   # False: the maximum itself is refused (a warmup ratio of 1)
+
+    def problem(self, flag: str, value) -> str | None:
+        """What is wrong with `value` for `flag`, or None when it is accepted."""
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not (whole or (not self.integer and isinstance(value, numbers.Real) and not isinstance(value, bool))):
+            return f"{flag} must be a {'whole ' if self.integer else ''}number, got {value!r}"
+        if not math.isfinite(value):
+            return f"{flag} must be a finite number, got {value}"
+        above = value >= self.minimum if self.minimum_allowed else value > self.minimum
+        below = value <= self.maximum if self.maximum_allowed else value < self.maximum
+        if above and below:
+            return None
+        low, high = _plain(self.minimum), _plain(self.maximum)
+        if math.isinf(self.maximum):
+            bound = f"at least {low}" if self.minimum_allowed else f"greater than {low}"
+        else:
+            bound = f"in {'[' if self.minimum_allowed else '('}{low}, {high}{']' if self.maximum_allowed else ')'}"
+        return f"{flag} must be {bound}, got {value}"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+# The smallest window: one sub-token beside the two special tokens ([CLS] and [SEP]) most encoders add.
+# A tokenizer that adds more is refused when the split is encoded, with the size it needs.
+MIN_MAX_LENGTH = 3
+
+_COUNT = NumberRule(1)
+
+# Every numeric option of train.py (TrainConfig), evaluate.py, `python -m nerlib predict` and `nerlib serve`, checked
+# here and nowhere else. None always means "not set" and is accepted.
+NUMBER_RULES: dict[str, NumberRule] = {
+    "epochs": _COUNT,
+    "batch_size": _COUNT,
+    "eval_batch_size": _COUNT,
+    "grad_accum": _COUNT,
+    "max_train_samples": _COUNT,
+    "max_eval_samples": _COUNT,
+    "max_samples": _COUNT,
+    "num_threads": NumberRule(1, 1024),  # torch takes a 32-bit count; 1024 is more cores than machines have
+    "save_steps": _COUNT,
+    "keep_checkpoints": _COUNT,
+    "token_column": _COUNT,   # columns count from 1 (formats.ReadOptions checks them for the readers too)
+    "tag_column": _COUNT,
+    "report_sentences": NumberRule(0),
+    "max_length": NumberRule(MIN_MAX_LENGTH),
+    "seed": NumberRule(0, 2**32 - 1),   # what NumPy's generator accepts
+    "lr": NumberRule(0, integer=False, minimum_allowed=False),
+    "weight_decay": NumberRule(0, integer=False),
+    "warmup_ratio": NumberRule(0, 1, integer=False, maximum_allowed=False),
+    "max_grad_norm": NumberRule(0, integer=False),
+    # nerlib export
+    "parity_samples": _COUNT,
+    "max_f1_drop": NumberRule(0, integer=False),
+    # nerlib serve (ServeConfig)
+    "port": NumberRule(0, 65535),
+    "batch_wait_ms": NumberRule(0, integer=False),
+    "max_batch_texts": _COUNT,
+    "max_body_bytes": _COUNT,
+    "max_texts": _COUNT,
+    "max_chars": _COUNT,
+}
+
+
+def number_problems(values: dict) -> list[str]:
+    """What is wrong with some numeric options, one phrase each naming the flag.
+
+    Args:
+        values: option name (a key of `NUMBER_RULES`, e.g. `max_length`) -> value; None is not set.
+
+    Returns:
+        The problems, in the order of `values`; empty when every value is accepted.
+    """
+    problems = []
+    for name, value in values.items():
+        if value is not None:
+            problem = NUMBER_RULES[name].problem("--" + name.replace("_", "-"), value)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def check_numbers(**values) -> None:
+    """Refuse bad numeric options before anything is loaded: `check_numbers(batch_size=0)`.
+
+    Raises:
+        ConfigError: every problem, in one line.
+    """
+    problems = number_problems(values)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
-
-
-def _below_one(config, names: tuple) -> list[str]:
-    """A problem for each of these fields that is set (not None) and below 1."""
-    problems = []
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    return problems
 
 
 @dataclass(frozen=True)
@@ -43,8 +140,25 @@ class TrainConfig:
 
     labels: str = _opt("all", "label set: all (31 MultiNERD tags), five (PER ORG LOC ANIM DIS), auto (read from "
                               "the data), or a comma-separated subset of MultiNERD classes such as PER,LOC,DIS")
-    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, local folder in the hub layout, or folder of column files")
-    lang: str = _opt("en", "language of the hub-layout files to read; records of other languages are dropped")
+    data: str = _opt(DEFAULT_HUB_DATASET, "hub dataset id, or a folder: the hub layout, files named after their split "
+                                          "(train.txt, dev.conll, test.jsonl, eng.train, ...), or a "
+                                          "datasets.save_to_disk folder")
+    train_file: typing.Optional[str] = _opt(None, "the training file (any format nerlib reads), instead of the train "
+                                                  "split of --data", flag="--train", metavar="FILE")
+    val_file: typing.Optional[str] = _opt(None, "the validation file, instead of the val split of --data",
+                                          flag="--val", metavar="FILE")
+    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test",
+                                           metavar="FILE")
+    lang: str = _opt("en", "language(s) of the data: en, a list such as en,de,fr, or all; records of other "
+                           "languages are dropped (and counted)")
+    tag_scheme: str = _opt("auto", "tag scheme of the data: auto (detected per file), bio (iob2), iob1, bioes "
+                                   "(iobes), bilou, io; converted to BIO", choices=SCHEME_CHOICES)
+    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, counted from 1 (unset: the "
+                                                    "first, or the second after an index column)", metavar="N")
+    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, counted from 1 (unset: the last)",
+                                                  metavar="N")
+    on_overlap: str = _opt("error", "character spans that overlap or nest: error, or keep-longest (the shorter "
+                                    "ones are dropped and counted)", choices=ON_OVERLAP)
     model: str = _opt("distilbert-base-uncased", "pre-trained encoder: a local folder or a hub model id")
     output_dir: str = _opt("runs/nerlib", "folder for the model, tokenizer, configuration and metrics.json")
     epochs: int = _opt(2, "training epochs")
@@ -68,6 +182,9 @@ class TrainConfig:
     amp: bool = _opt(False, "mixed precision: bf16 or fp16 autocast on CUDA, bf16 on CPUs with native bf16")
     amp_dtype: str = _opt("auto", "precision under --amp: auto (bf16 where the device has it natively, else "
                                   "fp16 on CUDA), bf16, fp16", choices=("auto", "bf16", "fp16"))
+    tf32: bool = _opt(True, "on CUDA GPUs of compute capability 8.0 and later (Ampere+), compute fp32 matmuls with "
+                            "TF32 tensor cores (fp32 range, 10-bit mantissa); --no-tf32 keeps them in full fp32. "
+                            "No effect on CPUs")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     num_threads: typing.Optional[int] = _opt(None, "CPU threads for torch (default: torch's choice)")
     progress: bool = _opt(True, "show progress bars")
@@ -84,24 +201,29 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the model folder or hub (off: only built-in architectures)")
 
     def __post_init__(self) -> None:
-        problems = _below_one(self, ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
-                                     "max_train_samples", "max_eval_samples", "num_threads", "save_steps"))
-        if self.keep_checkpoints < 1:
-            problems.append(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        problems = number_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                    if f.name in NUMBER_RULES})
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other")
-        if self.lr <= 0:
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            problems.append(f"--weight-decay must not be negative, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_grad_norm < 0:
-            problems.append(f"--max-grad-norm must not be negative, got {self.max_grad_norm}")
         if self.amp_dtype not in ("auto", "bf16", "fp16"):
             problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+        self.read_options()  # the data-reading options are checked where they are defined
+
+    def read_options(self) -> ReadOptions:
+        """How the data files are read (`--tag-scheme`, `--token-column`, `--tag-column`, `--on-overlap`)."""
+        return ReadOptions(self.tag_scheme, self.token_column, self.tag_column, self.on_overlap)
+
+    def split_sources(self) -> dict[str, str | None]:
+        """Where each split is read from: its `--train/--val/--test` file, else `--data`.
+
+        With a split file given and `--data` left at the hub default, the other splits are not
+        fetched from the hub: they are absent (None).
+        """
+        files = {"train": self.train_file, "val": self.val_file, "test": self.test_file}
+        fallback = None if any(files.values()) and self.data == DEFAULT_HUB_DATASET else self.data
+        return {split: path or fallback for split, path in files.items()}
 
     def run_settings(self) -> dict:
         """The fields that define what is trained: a resume must match them (see RUN_CONTROL)."""
@@ -153,12 +275,8 @@ class ServeConfig:
     access_log: bool = _opt(False, "log every request")
 
     def __post_init__(self) -> None:
-        problems = _below_one(self, ("max_batch_texts", "batch_size", "max_body_bytes", "max_texts", "max_chars",
-                                     "num_threads", "max_length"))
-        if not 0 <= self.port <= 65535:
-            problems.append(f"--port must be in 0-65535, got {self.port}")
-        if self.batch_wait_ms < 0:
-            problems.append(f"--batch-wait-ms must not be negative, got {self.batch_wait_ms}")
+        problems = number_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                    if f.name in NUMBER_RULES})
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -167,7 +285,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
     """Add one flag per field of a config dataclass: `--max-length`, `--amp`, `--no-progress`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         help_text = f.metadata.get("help", "")
         if kind is bool:
@@ -175,8 +293,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
                                 help=f"{help_text} (default: {'on' if f.default else 'off'})")
             continue
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
-        parser.add_argument(flag, type=base, default=f.default, choices=f.metadata.get("choices"),
-                            metavar=None if f.metadata.get("choices") else f.name.upper(),
+        parser.add_argument(flag, dest=f.name, type=base, default=f.default, choices=f.metadata.get("choices"),
+                            metavar=None if f.metadata.get("choices") else f.metadata.get("metavar", f.name.upper()),
                             help=f"{help_text} (default: {f.default})")
 
 

@@ -30,7 +30,8 @@ class TrainingInterrupted(TrainingStopped):
 
 
 class NonFiniteLoss(TrainingStopped):
-    """A NaN or infinite loss (fp32, bf16), or fp16 loss scaling that keeps skipping steps."""
+    """A NaN or infinite loss (fp32, bf16), weights that became NaN or infinite, or fp16 loss scaling
+    that keeps skipping steps."""
 
     exit_code = 4
 

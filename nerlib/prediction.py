@@ -12,89 +12,22 @@ last word in the original string, so `text[start:end]` is always the entity's te
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import re
-import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
+from .config import check_numbers
 from .data import Sentence
-from .errors import ConfigError
 from .features import Encoded, encode
 from .labels import LabelSet, entity_spans
 from .onnx_backend import OnnxTokenClassifier
 from .runtime import Precision, resolve_device, resolve_precision
+from .text import split_words, word_pattern  # noqa: F401 - re-exported: nerlib.prediction.split_words
 
 logger = logging.getLogger(__name__)
-
-
-def _combining_marks() -> str:
-    """A regex character-class body of the Basic Multilingual Plane's combining marks (M*)."""
-    ranges, start, previous = [], None, None
-    for code in range(0x10000):
-        if unicodedata.category(chr(code)).startswith("M"):
-            if start is None:
-                start = code
-            previous = code
-        elif start is not None:
-            ranges.append(f"\\u{start:04x}-\\u{previous:04x}" if previous > start else f"\\u{start:04x}")
-            start = None
-    return "".join(ranges)
-
-
-# CJK ideographs are words of one character each, as in MultiNERD's Chinese data and BERT.
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_CLITIC = r"(?i:s|m|d|ll|re|ve)(?!\w)"
-_TITLES = ("Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Mt|Ft|No|Nos|vs|Gen|Col|Capt|Lt|Sgt|Rev|Sen|Gov|Rep|Co|Corp|Inc|Ltd|Bros|"
-           "Ave|Jan|Feb|Aug|Sept|Oct|Nov|Dec")
-
-
-@functools.lru_cache(maxsize=1)
-def word_pattern() -> re.Pattern:
-    """The regular expression of a word (compiled on first use: listing the marks takes ~50 ms)."""
-    # A run is letters and digits (never ideographs), each with the combining marks that follow it.
-    run = rf"(?:[^\W{_CJK}][{_combining_marks()}]*)+"
-    return re.compile(
-        rf"""
-          (?<!\w)(?:[^\W\d_]\.){{2,}}(?!\w)           # letters with dots: U.S., i.e., F.C.
-        | (?<!\w)(?:{_TITLES})\.(?=\s+\w)             # a title before a word: Mr. Smith, St. Louis, No. 5
-        | (?<!\w)[A-Z]\.(?=\s+[A-Z])                  # an initial before a name: J. R. R. Tolkien
-        | {run}(?=(?i:n['’]t)(?!\w))                  # do|n't, ca|n't
-        | (?<=\w)(?i:n['’]t)(?!\w)
-        | (?<=\w)['’]{_CLITIC}                        # Smith|'s, I|'m, they|'re
-        | {run}(?:(?:[-‐‑–&/]|['’](?!{_CLITIC})|(?<=\d)[.,:](?=\d)){run})*
-                                                      # well-known, Paris–Roubaix, O'Neill, R&B, km/h, 5,000
-        | \S                                          # anything else is a word of one character
-        """,
-        re.VERBOSE,
-    )
-
-
-def split_words(text: str) -> list[tuple[int, int]]:
-    """Cut a text into words as MultiNERD and CoNLL are tokenised; returns each word's character span.
-
-    Whitespace separates words and is never part of one; punctuation is a word of its own, except
-    inside hyphenated words (`well-known`), names with apostrophes (`O'Neill`), numbers (`5,000`,
-    `3.5`), dotted abbreviations (`U.S.`, `i.e.`), titles and initials before a name (`Dr.`, `J.`);
-    clitics are split off (`Smith` `'s`, `do` `n't`). Invisible format and control characters
-    (zero-width space, byte-order mark) are no words.
-
-    Args:
-        text: any string.
-
-    Returns:
-        `(start, end)` of each word, so `text[start:end]` is the word.
-    """
-    spans = []
-    for match in word_pattern().finditer(text):
-        if all(unicodedata.category(ch) in ("Cc", "Cf") for ch in match.group()):
-            continue
-        spans.append(match.span())
-    return spans
 
 
 @dataclass(frozen=True)
@@ -204,8 +137,7 @@ def load_predictor(
     from .loop import effective_max_length
     from .modeling import backend_device, load_trained, read_nerlib_info
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_numbers(batch_size=batch_size, max_length=max_length, num_threads=num_threads)
     device_ = resolve_device(backend_device(model_dir, backend, device, amp))
     tokenizer, model, label_set = load_trained(model_dir, backend=backend, int8=int8, num_threads=num_threads)
     model.to(device_)

@@ -411,8 +411,9 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
     epochs = [record for record in metrics.get("epochs", []) if record.get("val")]
     if epochs:
         lines += ["| epoch | training loss | val precision | val recall | val f1 |", "|--:|--:|--:|--:|--:|"]
-        lines += [f"| {r['epoch']} | {r['train_loss']:.4f} | {r['val']['precision']:.4f} | {r['val']['recall']:.4f} "
-                  f"| {r['val']['f1']:.4f} |" for r in epochs]
+        # train_loss is None for an epoch whose every fp16 step the scaler skipped.
+        lines += [f"| {r['epoch']} | {'-' if r['train_loss'] is None else format(r['train_loss'], '.4f')} "
+                  f"| {r['val']['precision']:.4f} | {r['val']['recall']:.4f} | {r['val']['f1']:.4f} |" for r in epochs]
         lines.append("")
     for plot in plots:
         lines += [f"![{os.path.splitext(plot)[0].replace('_', ' ')}]({plot})", ""]

@@ -45,8 +45,9 @@ class RunLog:
     def step(self, step: int, epoch: int, loss: float, lr: float, words_per_s: float) -> None:
         """One optimizer step: its loss (per labelled word), learning rate and the training speed so far."""
 
-    def epoch(self, epoch: int, step: int, train_loss: float, val: dict | None) -> None:
-        """The end of an epoch: its mean training loss and the validation metrics (None without a val split)."""
+    def epoch(self, epoch: int, step: int, train_loss: float | None, val: dict | None) -> None:
+        """The end of an epoch: its mean training loss (None when fp16 loss scaling skipped every step) and
+        the validation metrics (None without a val split)."""
 
     def close(self) -> None:
         """Flush and close whatever was opened."""
@@ -98,12 +99,13 @@ class FileRunLog(RunLog):
             self.writer.add_scalar("train/learning_rate", lr, step)
             self.writer.add_scalar("train/words_per_s", words_per_s, step)
 
-    def epoch(self, epoch: int, step: int, train_loss: float, val: dict | None) -> None:
+    def epoch(self, epoch: int, step: int, train_loss: float | None, val: dict | None) -> None:
         scores = {k: val[k] for k in ("precision", "recall", "f1", "accuracy")} if val else None
         self._write({"event": "epoch", "step": step, "epoch": epoch, "train_loss": train_loss, "val": scores,
                      "time": time.time()})
         if self.writer is not None:
-            self.writer.add_scalar("train/epoch_loss", train_loss, step)
+            if train_loss is not None:
+                self.writer.add_scalar("train/epoch_loss", train_loss, step)
             if val:
                 for key, value in scores.items():
                     self.writer.add_scalar(f"val/{key}", value, step)
