@@ -277,10 +277,13 @@ def train(config: TrainConfig) -> dict:
             NonFiniteLoss on a NaN/inf loss or endless fp16 overflow.
     """
     world = distributed.setup(config.device)
+    finished = False
     try:
-        return _train(config, world)
+        metrics = _train(config, world)
+        finished = True
+        return metrics
     finally:
-        distributed.teardown(world)
+        distributed.teardown(world, finished)
 
 
 def _train(config: TrainConfig, world: distributed.World) -> dict:
