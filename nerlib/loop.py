@@ -392,11 +392,14 @@ def train(config: TrainConfig) -> dict:
     # train.py sets this too, but a script calling nerlib.train() goes through here only.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     world = distributed.setup(config.device)
+    finished = False
     try:
         with _claim_output_dir(config, world), fp32_matmul_precision(world.device, config.tf32) as tf32:
-            return _train(config, world, tf32)
+            metrics = _train(config, world, tf32)
+        finished = True
+        return metrics
     finally:
-        distributed.teardown(world)
+        distributed.teardown(world, finished)
 
 
 def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
