@@ -199,8 +199,11 @@ def _check_finite_weights(model: torch.nn.Module, step: int, output_dir: str) ->
     Raises:
         NonFiniteLoss: naming the step and the first parameter that is not finite.
     """
-    for name, parameter in model.named_parameters():
-        if not bool(torch.isfinite(parameter).all()):
+    named = list(model.named_parameters())
+    # One host read for all weights; the name is looked up only when something is wrong.
+    finite = torch.stack([torch.isfinite(parameter).all() for _, parameter in named]).tolist()
+    for (name, _), ok in zip(named, finite):
+        if not ok:
             last = list_checkpoints(output_dir)
             raise NonFiniteLoss(
                 f"NaN or infinite weights ({name}) after step {step}; they were not saved"
