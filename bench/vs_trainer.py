@@ -437,6 +437,8 @@ def _group_by_length_option(training_arguments) -> dict:
 def child_main(args: argparse.Namespace) -> None:
     import torch
 
+    from nerlib.runtime import peak_gpu_memory_mib, resolve_device
+
     _configure(args)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -450,6 +452,7 @@ def child_main(args: argparse.Namespace) -> None:
         run=args.child,
         wall_seconds=time.perf_counter() - started,
         peak_rss_mib=peak_rss_mib(),
+        peak_gpu_memory_mib=peak_gpu_memory_mib(resolve_device(args.device)),  # None on a CPU
         threads=torch.get_num_threads(),
         load_average=[load_before, os.getloadavg()[0]],
     )
@@ -523,6 +526,7 @@ def format_report(args: argparse.Namespace, results: dict, failed: dict, summary
         ("train words/s", "train_words_per_s", "{:.0f}"),
         ("eval words/s", "eval_words_per_s", "{:.0f}"),
         ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+        ("peak GPU MiB", "peak_gpu_memory_mib", "{:.0f}"),
         ("test F1", "f1", "{:.4f}"),
         ("padding efficiency", "padding_efficiency", "{:.3f}"),
         ("train words", "train_words", "{}"),

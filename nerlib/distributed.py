@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, CorruptCheckpoint, Found, checkpoints_root, find_resumable,
+                         local_copy_problem, manifest_digest, read_checkpoint)
 from .errors import ConfigError
 from .evaluation import assemble_words, predict_encoded, predict_windows
 from .features import Encoded
@@ -93,6 +95,11 @@ def _distributed_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for ranks on `device`: NCCL between GPUs, gloo between CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def setup(device_name: str = "auto") -> World:
     """Join the process group when started by torchrun; otherwise describe a single process.
 
@@ -128,9 +135,10 @@ def setup(device_name: str = "auto") -> World:
         import torch.distributed.nn  # noqa: F401
 
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            # device_id binds the NCCL communicator to this rank's GPU at once (no guessing later).
+            dist.init_process_group(backend_for(device), device_id=device)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group(backend_for(device))
     logger.info("rank %d of %d (local rank %d) on %s, backend %s", rank, size, local_rank, device,
                 dist.get_backend())
     return World(rank=rank, size=size, local_rank=local_rank, device=device, owns_group=not already)
@@ -205,7 +213,12 @@ def shard_batches(batches: Sequence[np.ndarray], rank: int, world_size: int) -> 
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a world of {world_size}")
-    return [np.asarray(batch)[rank::world_size] for batch in batches if len(batch) >= world_size]
+    return [batch[rank::world_size] for batch in kept_batches(batches, world_size)]
+
+
+def kept_batches(batches: Sequence[np.ndarray], world_size: int) -> list[np.ndarray]:
+    """The global batches `shard_batches` deals out (those with at least one window per rank), in order."""
+    return [np.asarray(batch) for batch in batches if len(batch) >= world_size]
 
 
 def num_shared_batches(num_windows: int, global_batch: int, world_size: int) -> int:
@@ -226,6 +239,15 @@ def all_reduce_sum(value: float, world: World) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=_reduce_device(world))
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.item()
+
+
+def all_reduce_sum_tensor(values: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's `values` summed, in one collective, left on the device (no host read here)."""
+    if not world.distributed:
+        return values
+    reduced = values.to(_reduce_device(world))
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced
 
 
 def loss_scale(group_words: int, world: World) -> float:
@@ -314,6 +336,74 @@ def any_true(flag: bool, world: World) -> bool:
     if not world.distributed:
         return flag
     return all_reduce_sum(1.0 if flag else 0.0, world) > 0
+
+
+def broadcast_from_main(value, world: World):
+    """Rank 0's `value` on every rank (a picklable object); `value` itself in a single process."""
+    if not world.distributed:
+        return value
+    box = [value if world.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(value, world: World) -> list:
+    """Every rank's `value`, in rank order, on every rank; `[value]` in a single process."""
+    if not world.distributed:
+        return [value]
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def agree_on_checkpoint(output_dir: str, world: World) -> Found:
+    """The checkpoint to resume from: rank 0's choice, which every rank must hold itself.
+
+    Rank 0 picks the newest complete checkpoint of its `output_dir`; every other rank looks for
+    the same folder in its own `output_dir` (the same path, on its own machine when the ranks
+    share no file system) and checks that it is complete and byte-identical (its manifest digest).
+    Either every rank resumes from the same state, or every rank raises the same error: no rank
+    starts fresh while others resume, to diverge and then wait for each other forever.
+
+    Returns:
+        Rank 0's `Found` (path None: nothing to resume), with this rank's own path.
+
+    Raises:
+        CheckpointError: on every rank, naming the ranks that lack the chosen checkpoint.
+    """
+    if not world.distributed:
+        return find_resumable(output_dir)
+    choice = None
+    if world.is_main:
+        mine = find_resumable(output_dir)
+        # Only the name travels: every rank reads the states from its own copy.
+        choice = (mine.path, mine.skipped, manifest_digest(mine.path) if mine.path else None)
+    path, skipped, digest = broadcast_from_main(choice, world)
+    if path is None:
+        return Found(None, skipped)
+    name = os.path.basename(path)
+    local = os.path.join(checkpoints_root(output_dir), name)
+    found, problem = (mine, None) if world.is_main else _read_local_copy(local, digest, skipped)
+    problems = all_gather(problem, world)
+    lacking = [f"rank {rank} ({why})" for rank, why in enumerate(problems) if why]
+    if lacking:
+        raise CheckpointError(
+            f"{name}: rank 0 resumes from this checkpoint, which {', '.join(lacking)} lack(s) in their "
+            f"--output-dir; keep --output-dir on a file system that every machine shares, or copy "
+            f"{CHECKPOINTS_DIR}/{name} into it on the machines of those ranks")
+    return found
+
+
+def _read_local_copy(local: str, digest: str, skipped: tuple[str, ...]) -> tuple[Found | None, str | None]:
+    """This rank's copy of rank 0's checkpoint, read whole, or why it cannot stand in (never raises:
+    every rank must reach the gather that follows, or the ranks that can resume would wait forever)."""
+    problem = local_copy_problem(local, digest)
+    if problem:
+        return None, problem
+    try:
+        return Found(local, skipped, read_checkpoint(local)), None
+    except (CorruptCheckpoint, CheckpointError) as exc:
+        return None, str(exc)
 
 
 def gather_to_main(value, world: World) -> list | None:

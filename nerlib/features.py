@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data import Sentence, tag_ids
+from .errors import ConfigError
 from .labels import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -26,24 +27,33 @@ def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int], ign
     """Label each sub-token: the first sub-token of a word carries the word's label.
 
     Later sub-tokens of the same word and special tokens (word id None) get `ignore_index`, so
-    the loss and the metrics see exactly one position per word.
+    the loss and the metrics see exactly one position per word. Every word must have at least
+    one sub-token: a word without one could be neither trained on nor scored, so it is an error
+    here, and `encode` stands the unknown token in for a word its tokenizer drops.
 
     Args:
-        word_ids: for each sub-token, the index of its word, or None for a special token.
+        word_ids: for each sub-token, the index of its word in `word_labels`, or None for a
+            special token.
         word_labels: the label id of each word.
         ignore_index: the label of positions the loss ignores.
 
     Returns:
         One label per sub-token.
+
+    Raises:
+        ValueError: a word of `word_labels` with no sub-token.
     """
     labels = []
-    previous = None
+    seen = set()
     for word_id in word_ids:
-        if word_id is None or word_id == previous:
+        if word_id is None or word_id in seen:
             labels.append(ignore_index)
         else:
-            labels.append(word_labels[word_id])
-        previous = word_id
+            labels.append(int(word_labels[word_id]))
+            seen.add(word_id)
+    if len(seen) != len(word_labels):
+        missing = sorted(set(range(len(word_labels))) - seen)
+        raise ValueError(f"word(s) {missing} have no sub-token, so they could not be scored")
     return labels
 
 
@@ -127,16 +137,21 @@ def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
 def encode(sentences: Sequence[Sentence], label_set: LabelSet, tokenizer, max_length: int, batch_size: int = 1000) -> Encoded:
     """Tokenise sentences and cut them into labelled windows of at most `max_length` sub-tokens.
 
-    A word the tokenizer turns into nothing (a zero-width space, say) is replaced by the unknown
-    token, so that every word has a first sub-token and is scored.
+    Labels are aligned by `align_labels`. A word the tokenizer turns into nothing (a zero-width
+    space or a control character, say) is replaced by the unknown token, so that every word has a
+    first sub-token and is trained on and scored like any other. A word with more sub-tokens than
+    a window holds gets a window of its own and keeps its first sub-tokens.
 
     Raises:
         DataError: a tag the label set does not know (with file and line).
+        ConfigError: `max_length` leaves no room for a sub-token beside the special tokens.
     """
     prefix, suffix = special_token_template(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room beside {len(prefix) + len(suffix)} special tokens")
+        specials = len(prefix) + len(suffix)
+        raise ConfigError(f"--max-length {max_length} leaves no room for a word beside the tokenizer's {specials} "
+                          f"special tokens; use at least {specials + 1}")
     input_ids: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     sentence_index: list[int] = []
@@ -150,16 +165,16 @@ def encode(sentences: Sequence[Sentence], label_set: LabelSet, tokenizer, max_le
             counts = [len(p) for p in word_pieces]
             for first, end in plan_windows(counts, budget):
                 ids = list(prefix)
-                window_labels = [IGNORE_INDEX] * len(prefix)
+                word_ids: list[int | None] = [None] * len(prefix)  # counted from the window's first word
                 for word in range(first, end):
+                    # A word longer than the window keeps its first sub-tokens, the one it is scored on among them.
                     piece = word_pieces[word][:budget]
                     ids.extend(piece)
-                    window_labels.append(int(gold[index][word]))
-                    window_labels.extend([IGNORE_INDEX] * (len(piece) - 1))
+                    word_ids.extend([word - first] * len(piece))
                 ids.extend(suffix)
-                window_labels.extend([IGNORE_INDEX] * len(suffix))
+                word_ids.extend([None] * len(suffix))
                 input_ids.append(np.asarray(ids, dtype=np.int64))
-                labels.append(np.asarray(window_labels, dtype=np.int64))
+                labels.append(np.asarray(align_labels(word_ids, gold[index][first:end]), dtype=np.int64))
                 sentence_index.append(index)
                 word_start.append(first)
     return Encoded(

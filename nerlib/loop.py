@@ -22,20 +22,22 @@ from tqdm.auto import tqdm
 from . import distributed
 from .cache import cached_encode, resolve_cache_dir
 from .config import TrainConfig
-from .data import Split, SplitNotFound, all_tags, load_split
+from .data import Split, SplitNotFound, all_tags, load_split, single_split_source
 from .checkpoint import (
-    CheckpointError, checkpoint_path, differences, find_resumable, fingerprint, list_checkpoints, load_checkpoint,
-    prune, rng_state, save_checkpoint,
+    TEMPORARY_PREFIX, CheckpointError, SaveError, checkpoint_path, differences, fingerprint,
+    list_checkpoints, lock_output_dir, move_files_into, prune, remove_stale_temporaries, restore, rng_state,
+    save_checkpoint, weight_misfits, written_or_removed,
 )
-from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
+from .errors import ConfigError, DataError, NerlibError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
 from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
 from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenizer
-from .reports import write_reports
-from .runtime import (Precision, configure_threads, pad_multiple, release_freed_memory, resolve_precision,
-                      seed_everything)
-from .scoring import score_predictions
+from .reports import build_error_report, surface_forms, write_reports
+from .runtime import (Precision, configure_threads, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
+                      release_freed_memory, resolve_precision, seed_everything)
+from .scoring import score_by_language, score_predictions
+from .tracking import check_report_to, open_run_log
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +112,17 @@ def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: in
     metrics = score_predictions(prepared.encoded.gold, predicted, label_set.labels, strict=strict)
     if metrics["words"] != prepared.split.num_words:  # pragma: no cover - guarded by construction
         raise RuntimeError(f"scored {metrics['words']} words of {prepared.split.num_words}")
+    per_lang = score_by_language(prepared.encoded.gold, predicted, label_set.labels,
+                                 [s.lang for s in prepared.split.sentences], strict=strict)
+    if per_lang:
+        metrics["per_lang"] = per_lang
     return metrics, predicted
 
 
 def _check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".nerlib-write-test")
+        probe = os.path.join(folder, f".nerlib-write-test-{os.getpid()}")  # its own: two runs may probe at once
         with open(probe, "w") as handle:
             handle.write("ok")
         os.remove(probe)
@@ -125,11 +131,22 @@ def _check_writable(folder: str) -> None:
 
 
 def _read_splits(config: TrainConfig) -> tuple[Split, Split | None, Split | None]:
-    train_split = load_split(config.data, "train", config.lang).head(config.max_train_samples)
+    sources = config.split_sources()
+    options = config.read_options()
+    if sources["train"] is None:
+        raise DataError("no training data: --val/--test name files, but neither --train nor --data is given")
+    if sources["train"] == config.data and single_split_source(config.data):
+        raise DataError(f"{config.data}: is one file (one split); name the files with --train FILE (and --val FILE, "
+                        f"--test FILE), or give --data a folder")
+    train_split = load_split(sources["train"], "train", config.lang, options).head(config.max_train_samples)
     optional = []
     for name in ("val", "test"):
+        if sources[name] is None:
+            logger.warning("no %s split (no --%s FILE); going on without it", name, name)
+            optional.append(None)
+            continue
         try:
-            optional.append(load_split(config.data, name, config.lang).head(config.max_eval_samples))
+            optional.append(load_split(sources[name], name, config.lang, options).head(config.max_eval_samples))
         except SplitNotFound as exc:
             logger.warning("%s; going on without it", exc)
             optional.append(None)
@@ -137,24 +154,59 @@ def _read_splits(config: TrainConfig) -> tuple[Split, Split | None, Split | None
 
 
 def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set: LabelSet) -> None:
-    """The model with `id2label`, its tokenizer, and nerlib's configuration beside them."""
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    """The model with `id2label`, its tokenizer, and nerlib's configuration beside them.
+
+    Everything is written into a temporary folder first and moved into `output_dir` once complete,
+    so a failed write leaves the model saved before (an earlier epoch's) as it was.
+
+    Raises:
+        SaveError: a file could not be written (a full disk); the temporary folder is removed.
+    """
     info = {
         "label_set": label_set.name,
         "labels": list(label_set.labels),
         "remap_multinerd": label_set.remap_multinerd,
         "config": config.to_dict(),
     }
-    with open(os.path.join(output_dir, NERLIB_CONFIG_FILE), "w", encoding="utf-8") as handle:
-        json.dump(info, handle, indent=2)
-        handle.write("\n")
+    temporary = os.path.join(output_dir, f"{TEMPORARY_PREFIX}model-{os.getpid()}")
 
+    def failed(reason: str) -> str:
+        last = list_checkpoints(output_dir)
+        return (f"{output_dir}: cannot save the model ({reason}); removed the partial {temporary}; the model saved "
+                f"before, if any, is as it was" + (f"; the last complete checkpoint is {last[-1]}" if last else ""))
+
+    with written_or_removed(temporary, failed):
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        with open(os.path.join(temporary, NERLIB_CONFIG_FILE), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+            handle.write("\n")
+        move_files_into(temporary, output_dir)
 
 
 # fp16 loss scaling halves the scale at every skipped step; this many in a row means the run is
 # not recovering (the scale has fallen by 2**25) and continuing would waste the machine.
 MAX_CONSECUTIVE_SKIPPED = 25
+
+
+def _check_finite_weights(model: torch.nn.Module, step: int, output_dir: str) -> None:
+    """Refuse to go on (and so to save) once a weight is NaN or infinite.
+
+    The loss check sees such weights only at the next step's forward pass (and never those of rows
+    no batch uses); this runs before every checkpoint and at the end of every epoch, so a model that
+    diverged is never written. One pass over the weights: cheap beside an epoch.
+
+    Raises:
+        NonFiniteLoss: naming the step and the first parameter that is not finite.
+    """
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            last = list_checkpoints(output_dir)
+            raise NonFiniteLoss(
+                f"NaN or infinite weights ({name}) after step {step}; they were not saved"
+                + (f"; the last good checkpoint is {last[-1]}" if last else "")
+                + "; try a lower --lr or --weight-decay"
+            )
 
 
 class _StopRequest:
@@ -185,9 +237,44 @@ def _graceful_stop():
             signal.signal(sig, handler)
 
 
+def _main_writes(world: distributed.World, what: str, write) -> None:
+    """Call `write()` on rank 0 only; if it fails there, every rank stops (none waits in a collective for it)."""
+    failure = None
+    if world.is_main:
+        try:
+            write()
+        except NerlibError as exc:
+            failure = exc
+    if distributed.any_true(failure is not None, world):
+        raise failure or SaveError(f"rank 0 could not {what} (its error says why)")
+
+
+@contextlib.contextmanager
+def _claim_output_dir(config: TrainConfig, world: distributed.World):
+    """Hold the output folder's lock for the whole run, and check the folder, before anything is written.
+
+    Only rank 0 writes into the folder, so only rank 0 takes the lock: the ranks of one torchrun
+    job share the folder and must not lock each other out.
+    """
+    held = []
+
+    def claim() -> None:
+        _check_writable(config.output_dir)
+        held.append(lock_output_dir(config.output_dir))
+        _prepare_output_dir(config)
+        check_report_to(config.report_to)  # rank 0 writes the run log into the folder
+
+    try:
+        _main_writes(world, "claim the output folder", claim)
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
 def _prepare_output_dir(config: TrainConfig) -> None:
-    """Check the folder can be written and does not hold another run's checkpoints by accident."""
-    _check_writable(config.output_dir)
+    """Check the folder does not hold another run's checkpoints by accident; clear what killed runs left."""
+    remove_stale_temporaries(config.output_dir)
     existing = list_checkpoints(config.output_dir)
     if existing and not (config.resume or config.overwrite):
         raise ConfigError(
@@ -215,7 +302,8 @@ def _fresh_state(config: TrainConfig, data_fingerprint: dict) -> dict:
         "best_epoch": 0,
         "best_checkpoint": None,
         "history": [],
-        "epoch_loss": 0.0,
+        "epoch_loss": 0.0,        # summed loss of the epoch's steps that updated the weights
+        "epoch_loss_words": 0,    # labelled words of those steps (fp16 steps the scaler skipped are left out)
         "epoch_words": 0,
         "epoch_seconds": 0.0,
         "train_words": 0,
@@ -229,26 +317,50 @@ def _fresh_state(config: TrainConfig, data_fingerprint: dict) -> dict:
 
 def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_fingerprint: dict,
             world: distributed.World) -> dict | None:
-    """Restore the newest complete checkpoint; None when there is nothing to resume."""
-    found = find_resumable(config.output_dir)
+    """Restore the newest complete checkpoint; None when there is nothing to resume.
+
+    Under torchrun every rank resumes from rank 0's choice or all refuse together
+    (`distributed.agree_on_checkpoint`); the configuration is compared before anything is restored.
+    """
+    found = distributed.agree_on_checkpoint(config.output_dir, world)
     if found.path is None:
         if found.skipped:
             raise CheckpointError(f"{config.output_dir}: no complete checkpoint to resume from "
                                   f"({'; '.join(found.skipped)}); pass --overwrite to start over")
         logger.info("--resume: no checkpoint in %s yet, starting a new run", config.output_dir)
         return None
-    state = load_checkpoint(found.path, model, optimizer, scheduler, scaler, rank=world.rank)
-    changed = differences(state["config"], config.run_settings())
-    changed += differences({"fingerprint": state["fingerprint"]}, {"fingerprint": data_fingerprint})
+    saved = found.checkpoint.trainer_state
+    # Compare first, load second: weights of another label set or model must not even be tried.
+    changed = differences(saved["config"], config.run_settings())
+    changed += differences({"fingerprint": saved["fingerprint"]}, {"fingerprint": data_fingerprint})
     if changed:
         listing = "; ".join(changed)
+        unforcible = _unforcible(found.checkpoint, data_fingerprint["labels"], model)
+        if unforcible:
+            raise CheckpointError(f"{found.path}: cannot resume with a different configuration or data ({listing}), "
+                                  f"not even with --force: {unforcible}")
         if not config.force:
             raise CheckpointError(f"{found.path}: refusing to resume with a different configuration or data "
                                   f"({listing}); pass --force to resume anyway")
         logger.warning("--force: resuming although these differ: %s", listing)
+    state = restore(found.checkpoint, model, optimizer, scheduler, scaler, rank=world.rank)
+    state.setdefault("epoch_loss_words", state["epoch_words"])  # checkpoints of earlier versions
     logger.info("resuming from %s (epoch %d, %d batches into it, step %d)", found.path, state["epoch"],
                 state["batches_done"], state["global_step"])
     return state
+
+
+def _unforcible(checkpoint, labels: list[str], model) -> str | None:
+    """Why the checkpoint cannot be loaded into this run at all, whatever --force says; None if it can."""
+    saved_labels = checkpoint.trainer_state["fingerprint"].get("labels")
+    if isinstance(saved_labels, list) and len(saved_labels) != len(labels):
+        return (f"the checkpoint has {len(saved_labels)} labels and this run {len(labels)}, and a different label "
+                f"count cannot be forced; start a new run with --overwrite, or resume with the old --labels")
+    misfits = weight_misfits(checkpoint, model)
+    if misfits:
+        return (f"the checkpoint's weights do not fit this model ({'; '.join(misfits[:3])}"
+                f"{'; ...' if len(misfits) > 3 else ''})")
+    return None
 
 
 def train(config: TrainConfig) -> dict:
@@ -276,25 +388,28 @@ def train(config: TrainConfig) -> dict:
             TrainingInterrupted after SIGTERM/SIGINT (a checkpoint was written);
             NonFiniteLoss on a NaN/inf loss or endless fp16 overflow.
     """
+    # The fast tokenizer's threads and a later fork (a DataLoader worker, a subprocess) deadlock;
+    # train.py sets this too, but a script calling nerlib.train() goes through here only.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     world = distributed.setup(config.device)
     finished = False
     try:
-        metrics = _train(config, world)
+        with _claim_output_dir(config, world), fp32_matmul_precision(world.device, config.tf32) as tf32:
+            metrics = _train(config, world, tf32)
         finished = True
         return metrics
     finally:
         distributed.teardown(world, finished)
 
 
-def _train(config: TrainConfig, world: distributed.World) -> dict:
+def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
     started = time.perf_counter()
     configure_threads(config.num_threads)
     device = world.device
     precision = resolve_precision(device, config.amp, config.amp_dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # metrics.json reports this run's peak
     output_dir = config.output_dir
-    if world.is_main:
-        _prepare_output_dir(config)
-    distributed.barrier(world)
 
     train_split, val_split, test_split = _read_splits(config)
     label_set = resolve_label_set(config.labels, [s for s in (train_split, val_split, test_split) if s])
@@ -305,8 +420,6 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     model = load_model_for_training(config.model, label_set, config.trust_remote_code).to(device)
     if device.type == "cpu":
         use_cpu_training_settings(model)
-    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
-    train_model = distributed.wrap_model(model, world)
     distributed.seed_rank(config.seed, world)
     max_length = effective_max_length(config.max_length, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -339,6 +452,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     data_fingerprint["world_size"] = world.size  # batch order and RNG streams depend on it
     state = _resume(config, model, optimizer, scheduler, scaler, data_fingerprint, world) if config.resume else None
     state = state or _fresh_state(config, data_fingerprint)
+    # Wrapped after the resume: DDP starts by copying rank 0's weights to every rank.
+    # `model` stays the unwrapped model (saved, evaluated, clipped); `train_model` runs the training steps.
+    train_model = distributed.wrap_model(model, world)
     logger.info("training on %s (%s): %d epochs x %d steps, batch %d x accumulation %d, lr %g, warmup %d steps",
                 device, precision.name, config.epochs, steps_per_epoch, config.batch_size, config.grad_accum,
                 config.lr, warmup_steps)
@@ -347,14 +463,17 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                     global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     def checkpoint() -> str:
+        _check_finite_weights(model, state["global_step"], output_dir)
         # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
-        rank_rngs = distributed.gather_to_main(rng_state(), world)
+        rank_rngs = distributed.gather_to_main(rng_state(device), world)
         path = checkpoint_path(output_dir, state["global_step"])
-        if world.is_main:
+
+        def write() -> None:
             save_checkpoint(output_dir, state["global_step"], model, optimizer, scheduler, scaler, state,
                             rank_rngs if world.distributed else None)
             prune(output_dir, config.keep_checkpoints, state["best_checkpoint"])
-        distributed.barrier(world)
+
+        _main_writes(world, f"write {path}", write)
         return path
 
     done_batches = (state["epoch"] - 1) * batches_per_epoch + state["batches_done"]
@@ -362,7 +481,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                disable=not (config.progress and world.is_main), dynamic_ncols=True)
     consecutive_skipped = 0
     model.train()
-    with _graceful_stop() as stop:
+    run_log = open_run_log(output_dir, config.report_to, world.is_main, state["global_step"] if config.resume else None)
+    with _graceful_stop() as stop, run_log:
         while state["epoch"] <= config.epochs:
             epoch = state["epoch"]
             if config.group_by_length:
@@ -370,6 +490,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
             else:
                 batches = shuffled_batches(len(encoded), global_batch, config.seed, epoch)
             order_digest = _batch_order_digest(batches)
+            # The labelled words of each global batch (all ranks' shares): every rank counts a
+            # step's words itself, with no collective.
+            global_words = [int(words_per_window[b].sum()) for b in distributed.kept_batches(batches, world.size)]
             batches = distributed.shard_batches(batches, world.rank, world.size)
             epoch_padding = padding_efficiency(lengths, batches, pad_to)
             segment_started = time.perf_counter()
@@ -378,8 +501,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                 # Normalise by the labelled words of the whole accumulation group, so every word
                 # weighs the same however the group's batches are cut.
                 # Under torchrun: the words of the group on all ranks (distributed.loss_scale says why).
-                group_words = int(distributed.all_reduce_sum(int(sum(words_per_window[b].sum() for b in group)), world))
-                group_loss = 0.0
+                group_words = sum(global_words[group_start:group_start + len(group)])
+                group_loss = torch.zeros((), device=device)  # summed on the device: no host read a micro-batch
                 for micro, batch_indices in enumerate(group):
                     batch = collate([encoded.input_ids[i] for i in batch_indices],
                                     [encoded.labels[i] for i in batch_indices], pad_id, pad_to)
@@ -391,10 +514,23 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         loss_sum = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
                                                    ignore_index=IGNORE_INDEX, reduction="sum")
                         scaler.scale(loss_sum * distributed.loss_scale(group_words, world)).backward()
-                    group_loss += loss_sum.item()
-                # The loss of the whole step on all ranks: every rank sees the same value, so all
-                # stop together on a non-finite loss.
-                group_loss = distributed.all_reduce_sum(group_loss, world)
+                    group_loss += loss_sum.detach()
+                overflow = torch.zeros((), device=device)
+                if config.max_grad_norm > 0 or precision.uses_scaler:
+                    scaler.unscale_(optimizer)
+                    # Under fp16 the norm is taken even without clipping: a non-finite norm is what
+                    # makes the scaler skip the update, known here without reading its scale.
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+                    if precision.uses_scaler:
+                        overflow = (~torch.isfinite(grad_norm)).float()
+                # One collective and one host read a step: the step's loss on all ranks (every
+                # rank sees the same value, so all stop together on a non-finite loss), whether
+                # the gradients overflowed, and whether any rank was asked to stop.
+                # (torch.full fills on the device; a tensor made from a Python number would be a
+                # blocking copy from the host.)
+                stop_vote = torch.full((), float(stop.signal is not None), device=device)
+                step_values = torch.stack([group_loss, overflow, stop_vote])
+                group_loss, overflow, stop_votes = distributed.all_reduce_sum_tensor(step_values, world).tolist()
                 step = state["global_step"] + 1
                 if not math.isfinite(group_loss) and not precision.uses_scaler:
                     last = list_checkpoints(output_dir)
@@ -404,16 +540,15 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         + (f"; the last good checkpoint is {last[-1]}" if last else "")
                         + "; try a lower --lr, or check the data of that batch"
                     )
-                if config.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                scale_before = scaler.get_scale() if precision.uses_scaler else None
+                step_lr = scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on below
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                if precision.uses_scaler and scaler.get_scale() < scale_before:
-                    # The scaler found inf/NaN gradients, skipped this update and lowered the scale.
+                skipped = overflow > 0
+                if skipped:
+                    # The scaler found inf/NaN gradients, skipped this update and lowered the scale;
+                    # the step is counted, its loss kept out of the averages.
                     state["skipped_steps"] += 1
                     consecutive_skipped += 1
                     if consecutive_skipped >= MAX_CONSECUTIVE_SKIPPED:
@@ -424,11 +559,12 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         )
                 else:
                     consecutive_skipped = 0
+                    state["epoch_loss"] += group_loss
+                    state["epoch_loss_words"] += group_words
+                    state["loss_by_step"].append([step, group_loss / group_words])
                 state["global_step"] = step
                 state["batches_done"] = group_start + len(group)
-                state["epoch_loss"] += group_loss
                 state["epoch_words"] += group_words
-                state["loss_by_step"].append([step, group_loss / group_words])
                 bar.update(len(group))
                 seconds = state["train_seconds"] + state["epoch_seconds"] + time.perf_counter() - segment_started
                 postfix = {"loss": f"{group_loss / group_words:.4f}", "lr": f"{scheduler.get_last_lr()[0]:.2e}",
@@ -436,8 +572,11 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                 if state["skipped_steps"]:
                     postfix["skipped"] = state["skipped_steps"]
                 bar.set_postfix(postfix, refresh=False)
+                if not skipped:  # a skipped step's loss (often inf or NaN) stays out of the log too
+                    run_log.step(step, epoch, group_loss / group_words, step_lr,
+                                 (state["train_words"] + state["epoch_words"]) / seconds)
                 save_now = config.save_steps and step % config.save_steps == 0
-                stopping = distributed.any_true(stop.signal is not None, world)  # all ranks stop at one step
+                stopping = stop_votes > 0  # all ranks stop at one step
                 if (save_now or stopping) and state["batches_done"] < len(batches):
                     state["epoch_seconds"] += time.perf_counter() - segment_started
                     segment_started = time.perf_counter()
@@ -446,32 +585,38 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
                         bar.close()
                         raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
             state["epoch_seconds"] += time.perf_counter() - segment_started
+            _check_finite_weights(model, state["global_step"], output_dir)  # before evaluating and saving
             if device.type == "cpu":
                 release_freed_memory()  # what the steps kept for reuse, before validation and saving
-            record = {"epoch": epoch, "train_loss": state["epoch_loss"] / max(1, state["epoch_words"]),
+            # None when the scaler skipped every step of the epoch: metrics.json holds no NaN.
+            train_loss = state["epoch_loss"] / state["epoch_loss_words"] if state["epoch_loss_words"] else None
+            record = {"epoch": epoch, "train_loss": train_loss,
                       "train_words_per_s": state["epoch_words"] / max(state["epoch_seconds"], 1e-9),
                       "batch_order": order_digest, "padding_efficiency": epoch_padding}
             if state["skipped_steps"]:
                 record["skipped_steps_so_far"] = state["skipped_steps"]
+            loss_text = "every step skipped" if train_loss is None else f"{train_loss:.4f}"
             if val_data is not None:
                 record["val"], _ = evaluate_prepared(model, val_data, label_set, pad_id, config.eval_batch_size,
                                                      device, precision, world=world)
                 f1 = record["val"]["f1"]
-                logger.info("epoch %d: loss %.4f, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
-                            record["train_loss"], f1, record["val"]["precision"], record["val"]["recall"],
+                logger.info("epoch %d: loss %s, val f1 %.4f (precision %.4f, recall %.4f, %d words)", epoch,
+                            loss_text, f1, record["val"]["precision"], record["val"]["recall"],
                             record["val"]["words"])
             else:
                 f1 = float(epoch)  # no validation split: the last epoch is the best
-                logger.info("epoch %d: loss %.4f", epoch, record["train_loss"])
+                logger.info("epoch %d: loss %s", epoch, loss_text)
+            run_log.epoch(epoch, state["global_step"], record["train_loss"], record.get("val"))
             state["history"].append(record)
             state["train_words"] += state["epoch_words"]
             state["train_seconds"] += state["epoch_seconds"]
-            state.update(epoch=epoch + 1, batches_done=0, epoch_loss=0.0, epoch_words=0, epoch_seconds=0.0)
+            state.update(epoch=epoch + 1, batches_done=0, epoch_loss=0.0, epoch_loss_words=0, epoch_words=0,
+                         epoch_seconds=0.0)
             improved = f1 > state["best_f1"]
             if improved:
                 state["best_f1"], state["best_epoch"] = f1, epoch
-                if world.is_main:
-                    save_model(model, tokenizer, output_dir, config, label_set)
+                _main_writes(world, "save the model",
+                             lambda: save_model(model, tokenizer, output_dir, config, label_set))
                 state["best_checkpoint"] = f"checkpoint-{state['global_step']:08d}"
             path = checkpoint()
             if distributed.any_true(stop.signal is not None, world) and epoch < config.epochs:
@@ -483,11 +628,9 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
     best_epoch = state["best_epoch"]
     if best_epoch != config.epochs:
         logger.info("reloading epoch %d, the best by validation f1", best_epoch)
-        from transformers import AutoModelForTokenClassification
-
         distributed.barrier(world)
         if world.is_main:
-            model = AutoModelForTokenClassification.from_pretrained(output_dir).to(device)
+            model = load_model_for_training(output_dir, label_set, config.trust_remote_code).to(device)
         distributed.broadcast_model(model, world)
     test_metrics, test_predicted, test_seconds = None, None, 0.0
     if test_data is not None:
@@ -502,6 +645,8 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
         "label_set": label_set.name,
         "labels": list(label_set.labels),
         "precision_mode": precision.name,
+        "tf32": tf32,
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(device),
         "device": str(device),
         "world_size": world.size,
         "best_epoch": best_epoch,
@@ -520,11 +665,23 @@ def _train(config: TrainConfig, world: distributed.World) -> dict:
         "output_dir": output_dir,
     }
     if world.is_main:
-        with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-            handle.write("\n")
+        metrics_path = os.path.join(output_dir, METRICS_FILE)
+        try:
+            with open(metrics_path, "w", encoding="utf-8") as handle:
+                json.dump(metrics, handle, indent=2)
+                handle.write("\n")
+        except OSError as exc:
+            raise SaveError(f"{metrics_path}: cannot write ({exc.strerror}); the model is saved in {output_dir}") \
+                from None
+        error_report = None
+        if test_data is not None:
+            error_report = build_error_report(
+                test_split.sentences, test_data.encoded.gold, test_predicted, label_set,
+                np.bincount(test_data.encoded.sentence_index, minlength=len(test_split.sentences)),
+                surface_forms(train_split.sentences, train_data.encoded.gold, label_set), output_dir, config.model,
+                config.data)
         metrics["reports"] = write_reports(output_dir, config.to_dict(), label_set, metrics,
-                                           test_data.encoded.gold if test_data else None, test_predicted)
+                                           test_data.encoded.gold if test_data else None, test_predicted, error_report)
     return metrics
 
 

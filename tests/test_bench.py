@@ -132,6 +132,132 @@ def test_combine_refuses_other_settings_and_unreadable_files(tmp_path, capsys):
         assert path in message and message.count("\n") == 1 and "Traceback" not in message
 
 
+# --- bench/gpu_check.sh and its report ---------------------------------------------------------------
+
+GPU_CHECK = os.path.join(ROOT, "bench", "gpu_check.sh")
+
+
+def load_gpu_report():
+    spec = importlib.util.spec_from_file_location("gpu_check_report", os.path.join(ROOT, "bench", "gpu_check_report.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_script_is_valid_bash_and_refuses_unknown_steps(tmp_path):
+    assert subprocess.run(["bash", "-n", GPU_CHECK]).returncode == 0
+    refused = subprocess.run(["bash", GPU_CHECK, "--steps", "fp32,fp8"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHON": sys.executable})
+    assert refused.returncode == 2 and refused.stderr == "gpu_check.sh: --steps: unknown step fp8\n"
+
+
+def _write(path, content) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(content if isinstance(content, str) else json.dumps(content))
+
+
+def test_gpu_check_report_reads_every_run_and_works_out_the_ratio(tmp_path, capsys):
+    report = load_gpu_report()
+    work = str(tmp_path)
+    _write(f"{work}/environment.json", {"torch": "2.x", "transformers": "5.x", "commit": "abc1234",
+                                        "gpus": [{"name": "NVIDIA H200", "capability": "9.0"}]})
+    for name, precision, tf32, train_rate, peak in (("fp32", "fp32", True, 3000.0, 900.0),
+                                                    ("bf16", "bf16", True, 5000.0, 700.0)):
+        _write(f"{work}/{name}/metrics.json", {
+            "precision_mode": precision, "tf32": tf32, "world_size": 1, "device": "cuda",
+            "train_words_per_s": train_rate, "test_words_per_s": 2 * train_rate, "peak_gpu_memory_mib": peak,
+            "test": {"f1": 0.81, "words": 100}, "train_words": 1000, "skipped_steps": 0, "wall_time_s": 30.0})
+        _write(f"{work}/{name}.code", "0\n")
+    _write(f"{work}/fp16.code", "1\n")
+    _write(f"{work}/fp16.log", "Traceback ...\n")
+    _write(f"{work}/ddp.skipped", "one GPU\n")
+    _write(f"{work}/trainer-bf16.code", "0\n")
+    _write(f"{work}/trainer-bf16.json", {"settings": {"device": "cuda"}, "runs": {"trainer-bf16": {
+        "precision": "bf16", "train_words_per_s": 4000.0, "eval_words_per_s": 8000.0, "peak_gpu_memory_mib": 1200.0,
+        "f1": 0.80, "train_words": 1000, "eval_words": 100, "wall_seconds": 60.0}}})
+    for name, code in (("resume-reference", 0), ("resume-killed", 3), ("resume-resumed", 0)):
+        _write(f"{work}/{name}.code", f"{code}\n")
+    _write(f"{work}/resume.json", {"identical": True, "tensors": 40, "differing": 0, "first_differing": [],
+                                   "max_abs_diff": 0.0, "loss_by_step_equal": True})
+
+    assert report.main(["summary", "--work", work, "--out", f"{work}/out.json", "--mode", "gpu", "--gpus", "1"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out.json").read_text())
+    ratios = summary["nerlib_bf16_vs_trainer_bf16"]
+    assert ratios["train"] == pytest.approx(1.25) and ratios["train_target_met"] is True  # 5000 / 4000
+    assert ratios["eval"] == pytest.approx(1.25) and ratios["f1_points"] == pytest.approx(1.0)
+    status = {row["run"]: row["status"] for row in summary["runs"]}
+    assert status == {"nerlib fp32": "ok", "nerlib fp16": "failed (exit 1; see fp16.log)", "nerlib bf16": "ok",
+                      "nerlib bf16, 2 ranks": "not run: one GPU", "Trainer bf16+grouped": "ok"}
+    assert summary["resume"]["killed_exit_code"] == "3"
+    assert "NVIDIA H200 (compute capability 9.0)" in printed
+    rows = {line.split("  ")[0].strip(): line.split() for line in printed.splitlines() if line.startswith("nerlib ")}
+    assert rows["nerlib fp32"] == ["nerlib", "fp32", "fp32+TF32", "3000", "6000", "900", "0.8100", "ok"]
+    assert "train x1.25 (target >= 1.15 met)" in printed
+    assert "stopped with exit 3, resumed ok; weights bit-identical; loss at every step equal" in printed
+
+
+def test_same_weights_compares_bit_for_bit(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    report = load_gpu_report()
+    tensors = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.5]])}
+    for name, changed in (("one", {}), ("two", {}), ("three", {"b": torch.tensor([[0.75]])})):
+        os.makedirs(tmp_path / name)
+        save_file({**tensors, **changed}, str(tmp_path / name / "model.safetensors"))
+        _write(str(tmp_path / name / "metrics.json"), {"train_loss_by_step": [[1, 0.5]]})
+    assert report.same_weights(str(tmp_path / "one"), str(tmp_path / "two")) == {
+        "identical": True, "tensors": 2, "differing": 0, "first_differing": [], "max_abs_diff": 0.0,
+        "loss_by_step_equal": True}
+    different = report.same_weights(str(tmp_path / "one"), str(tmp_path / "three"))
+    assert (different["identical"], different["first_differing"], different["max_abs_diff"]) == (False, ["b"], 0.25)
+
+
+def _gpu_check(tmp_path, hub_folder, tiny_encoder, *steps):
+    """The script's dry run (forced where a GPU is present: the tests measure nothing)."""
+    import torch
+
+    out = tmp_path / "gpu_check.json"
+    forced = ["--dry-run"] if torch.cuda.is_available() else []
+    result = subprocess.run(["bash", GPU_CHECK, *forced, "--model", tiny_encoder, "--data", hub_folder,
+                             "--out", str(out), *(["--steps", ",".join(steps)] if steps else [])],
+                            capture_output=True, text=True, timeout=1800, cwd=str(tmp_path),
+                            env={**os.environ, "PYTHON": sys.executable, "NERLIB_CACHE": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    if not forced:
+        assert result.stderr.startswith("no GPU present: dry run on the CPU with tiny sizes")
+    summary = json.loads(out.read_text())
+    assert summary["mode"] == "dry-run"
+    return {row["run"]: row for row in summary["runs"]}, summary, result.stdout
+
+
+def test_gpu_check_dry_run_trains_on_the_cpu_and_fp16_is_refused(tmp_path, hub_folder, tiny_encoder):
+    rows, _, printed = _gpu_check(tmp_path, hub_folder, tiny_encoder, "fp32", "fp16")
+    fp32 = rows["nerlib fp32"]
+    assert fp32["status"] == "ok" and fp32["precision"] == "fp32" and fp32["tf32"] is False
+    assert fp32["train_words_per_s"] > 0 and fp32["eval_words_per_s"] > 0 and fp32["peak_gpu_memory_mib"] is None
+    with open(os.path.join(hub_folder, "test", "test_en.jsonl"), encoding="utf-8") as handle:
+        scored = [json.loads(line) for line in handle][:16]  # the dry run's --eval-samples
+    assert fp32["test_words"] == sum(len(record["tokens"]) for record in scored)
+    assert rows["nerlib fp16"]["status"] == "refused on the CPU, as it must be (fp16 needs CUDA)"
+    assert rows["nerlib bf16"]["status"] == "not run: not asked for"
+    assert "nerlib fp32" in printed and "refused on the CPU" in printed
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_of_every_step(tmp_path, hub_folder, tiny_encoder):
+    rows, summary, _ = _gpu_check(tmp_path, hub_folder, tiny_encoder)
+    assert {run: row["status"] for run, row in rows.items()} == {
+        "nerlib fp32": "ok", "nerlib fp16": "refused on the CPU, as it must be (fp16 needs CUDA)", "nerlib bf16": "ok",
+        "nerlib bf16, 2 ranks": "ok", "Trainer bf16+grouped": "ok"}
+    assert rows["nerlib bf16, 2 ranks"]["world_size"] == 2
+    resume = summary["resume"]
+    assert resume["killed_exit_code"] == "3" and resume["comparison"]["identical"]
+    assert summary["nerlib_bf16_vs_trainer_bf16"]["train"] > 0
+
+
 # --- bench/dist_stress.py: what counts as a clean run ---------------------------------------------
 
 def load_stress():

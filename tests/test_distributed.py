@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -417,3 +418,196 @@ def test_resume_under_torchrun_after_sigterm_is_bit_identical(tmp_path, tiny_enc
         assert torch.equal(a[name], b[name]), name
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, stopped))
     assert ma["test"] == mb["test"] and ma["train_loss_by_step"] == mb["train_loss_by_step"]
+
+
+# --- process-group set-up: NCCL on each rank's own GPU, gloo on CPUs --------------------------------
+
+def test_the_backend_follows_the_device():
+    from nerlib.distributed import backend_for
+
+    assert backend_for(torch.device("cuda", 1)) == "nccl"
+    assert backend_for(torch.device("cpu")) == "gloo"
+
+
+@pytest.fixture
+def fake_process_group(monkeypatch):
+    """Rank 3 of 4, local rank 1, on a machine with two (fake) GPUs; the calls made are recorded."""
+    calls = []
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", torch.device(device))))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **options: calls.append(("init_process_group", backend, options)))
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: calls[-1][1])
+    return calls
+
+
+@pytest.mark.parametrize("device_name", ["auto", "cuda"])
+def test_ranks_on_gpus_join_with_nccl_bound_to_their_local_gpu(fake_process_group, device_name):
+    world = setup(device_name)
+    gpu = torch.device("cuda", 1)
+    assert fake_process_group == [("set_device", gpu), ("init_process_group", "nccl", {"device_id": gpu})]
+    assert (world.rank, world.size, world.local_rank, world.device, world.owns_group) == (3, 4, 1, gpu, True)
+
+
+def test_ranks_on_cpus_join_with_gloo(fake_process_group):
+    world = setup("cpu")
+    assert fake_process_group == [("init_process_group", "gloo", {})]
+    assert world.device == torch.device("cpu") and world.rank == 3
+
+
+def test_more_ranks_on_a_machine_than_gpus_is_refused(fake_process_group, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match=r"^LOCAL_RANK 2 but only 2 CUDA device\(s\) are visible"):
+        setup("cuda")
+    assert fake_process_group == []
+
+
+# --- resuming without a shared file system: rank 0 chooses, every rank must hold the same ----------
+
+def _tiny_checkpoint(output_dir, step: int, seed: int) -> str:
+    from nerlib.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0)
+    state = {"epoch": 1, "batches_done": 1, "global_step": step, "best_f1": -1.0, "best_epoch": 0, "history": [],
+             "config": {}, "fingerprint": {}}
+    return save_checkpoint(str(output_dir), step, model, optimizer, scheduler,
+                           torch.amp.GradScaler("cpu", enabled=False), state)
+
+
+AGREE_SCENARIOS = ("missing", "different", "corrupt", "same", "none-on-rank-0", "train", "collectives")
+
+
+def _agree_worker(rank: int, world_size: int, port: int, base: str, train_options: dict) -> None:
+    from nerlib.checkpoint import CheckpointError
+    from nerlib.distributed import agree_on_checkpoint
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    world = setup("cpu")
+    results = {}
+    try:
+        for name in AGREE_SCENARIOS:
+            # Each rank's own output folder: ranks on machines that share no file system.
+            folder = os.path.join(base, name, f"rank{rank}")
+            try:
+                if name == "train":
+                    train(TrainConfig(output_dir=folder, resume=True, **train_options))
+                    results[name] = {"trained": True}
+                elif name == "collectives":
+                    # A fresh run, counting the collectives the loop starts (DDP's own gradient
+                    # all-reduce runs inside its C++ reducer and is not among them).
+                    reduced = []
+                    original = torch.distributed.all_reduce
+
+                    def counted(tensor, *args, **kwargs):
+                        reduced.append(tensor.numel())
+                        return original(tensor, *args, **kwargs)
+
+                    torch.distributed.all_reduce = counted
+                    try:
+                        metrics = train(TrainConfig(output_dir=folder, max_train_samples=32, **train_options))
+                    finally:
+                        torch.distributed.all_reduce = original
+                    results[name] = {"all_reduce": len(reduced), "steps": len(metrics["train_loss_by_step"])}
+                else:
+                    results[name] = {"path": agree_on_checkpoint(folder, world).path}
+            except CheckpointError as exc:
+                results[name] = {"error": str(exc)}
+    finally:
+        teardown(world)
+    with open(os.path.join(base, f"results.{rank}.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle)
+
+
+def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint_or_all_refuse(
+        tmp_path, hub_folder, tiny_encoder):
+    import time
+
+    import torch.multiprocessing as mp
+
+    chosen = _tiny_checkpoint(tmp_path / "source", 3, seed=0)
+    other = _tiny_checkpoint(tmp_path / "other-run", 3, seed=1)  # another run's checkpoint of the same step
+    name = os.path.basename(chosen)
+
+    def place(scenario, rank, source):
+        target = tmp_path / scenario / f"rank{rank}" / "checkpoints" / name
+        shutil.copytree(source, target)
+        return target
+
+    for scenario in AGREE_SCENARIOS:
+        for rank in range(2):
+            os.makedirs(tmp_path / scenario / f"rank{rank}", exist_ok=True)
+    for scenario in ("missing", "different", "corrupt", "same", "train"):
+        place(scenario, 0, chosen)
+    place("different", 1, other)
+    truncated = place("corrupt", 1, chosen) / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    place("same", 1, chosen)
+    place("none-on-rank-0", 1, chosen)
+
+    options = dict(labels="five", data=hub_folder, model=tiny_encoder, epochs=1, batch_size=4, max_length=16,
+                   device="cpu", num_threads=1, progress=False)
+    context = mp.start_processes(_agree_worker, args=(2, _free_port(), str(tmp_path), options), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks hung")
+    results = [json.loads((tmp_path / f"results.{rank}.json").read_text()) for rank in range(2)]
+
+    for scenario, why in (("missing", "missing"), ("different", "a different checkpoint of the same step"),
+                          ("corrupt", "model.safetensors does not match its recorded size and checksum"),
+                          ("train", "missing")):
+        errors = [result[scenario].get("error") for result in results]
+        assert errors[0] == errors[1], scenario  # both ranks refuse, with the same line
+        assert errors[0] is not None and "\n" not in errors[0], (scenario, results)
+        assert errors[0].startswith(f"{name}: rank 0 resumes from this checkpoint, which rank 1 ({why}) lack(s)")
+    for rank in range(2):
+        assert results[rank]["same"]["path"] == str(tmp_path / "same" / f"rank{rank}" / "checkpoints" / name)
+        assert results[rank]["none-on-rank-0"]["path"] is None  # rank 0 has none: every rank starts afresh
+        # One collective a step (the step's loss, overflow and stop votes), one more at the epoch's end.
+        assert results[rank]["collectives"] == {"all_reduce": 4 + 1, "steps": 4}  # 32 sentences / (4 x 2 ranks)
+
+
+def test_each_rank_predicts_only_its_share_of_the_windows(tmp_path, tiny_encoder, tiny_tokenizer):
+    """Counted where the model runs, not compared with one process: a bug both share cannot cancel out."""
+    from collections import Counter
+
+    data = write_hub_folder(tmp_path / "data", sizes=(16, 9, 11), seed=7)
+    five = multinerd_label_set("five")
+    expected = {split: [tuple(ids.tolist()) for ids in encode(load_split(data, split, "en").sentences, five,
+                                                               tiny_tokenizer, max_length=10).input_ids]
+                for split in ("val", "test")}
+    assert len(expected["val"]) % 2 == 1 and len(expected["test"]) % 2 == 1  # shares cannot be even
+
+    prefix = str(tmp_path / "windows")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(ROOT, "tests", "eval_window_counter.py"), prefix, f"--model={tiny_encoder}",
+               f"--data={data}", f"--output-dir={tmp_path / 'run'}", "--labels=five", "--epochs=1", "--batch-size=4",
+               "--max-length=10", "--eval-batch-size=3", "--num-threads=1", "--device=cpu", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    predicted = []
+    for rank in range(2):
+        with open(f"{prefix}.{rank}.json", encoding="utf-8") as handle:
+            predicted.append([tuple(window) for window in json.load(handle)])
+    # The validation split once (one epoch) and the test split once: together the two ranks ran
+    # every window exactly once, so neither ran the other's.
+    everything = expected["val"] + expected["test"]
+    assert len(predicted[0]) + len(predicted[1]) == len(everything)
+    assert Counter(predicted[0]) + Counter(predicted[1]) == Counter(everything)
+    # Each split's windows are dealt out evenly: a rank gets half of each, rounded either way.
+    low = sum(len(w) // 2 for w in expected.values())
+    assert all(low <= len(share) <= low + 2 for share in predicted), [len(share) for share in predicted]

@@ -20,9 +20,16 @@ def test_align_labels_specials_only_and_single_words():
     assert align_labels([None, 0, 1, 2, None], [3, 0, 4]) == [IGNORE_INDEX, 3, 0, 4, IGNORE_INDEX]
 
 
-def test_align_labels_word_dropped_by_tokenizer_is_skipped():
-    # Word 1 produced no sub-token: the others still line up with their own labels.
-    assert align_labels([None, 0, 2, 2, None], [1, 2, 3], ignore_index=-9) == [-9, 1, 3, -9, -9]
+def test_align_labels_refuses_a_word_without_sub_tokens():
+    # Word 1 produced no sub-token: it could not be scored, so alignment refuses rather than skip it.
+    with pytest.raises(ValueError, match=r"word\(s\) \[1\] have no sub-token"):
+        align_labels([None, 0, 2, 2, None], [1, 2, 3], ignore_index=-9)
+    with pytest.raises(ValueError, match=r"\[2\]"):
+        align_labels([None, 0, 1, None], [1, 2, 3], ignore_index=-9)  # the last word missing
+
+
+def test_align_labels_labels_a_word_once_even_if_its_sub_tokens_are_not_adjacent():
+    assert align_labels([None, 0, 1, 0, None], [7, 8], ignore_index=-9) == [-9, 7, 8, -9, -9]
 
 
 @pytest.mark.parametrize("counts, budget, expected", [
@@ -139,3 +146,64 @@ def test_padding_efficiency_counts_padding_as_collate_pads():
               for b in batches]
     assert widths == [8, 8]
     assert padding_efficiency(lengths, []) == 1.0
+
+
+# --- exact windows on a vocabulary written here ---------------------------------------------------
+
+HAND_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "alice", "bob", "saw", "un", "##a", "##b", "##c", "##s"]
+CLS, UNK, SEP = 2, 1, 3
+ALICE, BOB, SAW = 5, 6, 7
+UNABCS = [8, 9, 10, 11, 12]  # "unabcs" = un ##a ##b ##c ##s, five sub-tokens
+X = IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def hand_tokenizer(tmp_path_factory):
+    from transformers import BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("hand-vocab")
+    (folder / "vocab.txt").write_text("\n".join(HAND_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids(["un", "##a", "##b", "##c", "##s"]) == UNABCS  # the ids below hold
+    return tokenizer
+
+
+def _windows(encoded):
+    return [ids.tolist() for ids in encoded.input_ids], [lab.tolist() for lab in encoded.labels]
+
+
+def test_a_word_longer_than_the_window_is_cut_to_its_first_sub_tokens(hand_tokenizer):
+    five = multinerd_label_set("five")
+    per, loc = five.tag_id("B-PER"), five.tag_id("B-LOC")
+    # max_length 5 leaves 3 sub-tokens beside [CLS] and [SEP]: "unabcs" (5) gets a window of its
+    # own holding un ##a ##b, labelled on "un"; its neighbours get windows of their own too.
+    encoded = encode([_sentence(["alice", "unabcs", "bob"], ["B-PER", "B-LOC", "B-PER"])], five, hand_tokenizer,
+                     max_length=5)
+    ids, labels = _windows(encoded)
+    assert ids == [[CLS, ALICE, SEP], [CLS, *UNABCS[:3], SEP], [CLS, BOB, SEP]]
+    assert labels == [[X, per, X], [X, loc, X, X, X], [X, per, X]]
+    assert encoded.word_start.tolist() == [0, 1, 2] and encoded.sentence_index.tolist() == [0, 0, 0]
+
+
+def test_a_long_word_between_short_ones_with_room_to_spare(hand_tokenizer):
+    five = multinerd_label_set("five")
+    o, per, i_per, loc = (five.tag_id(t) for t in ("O", "B-PER", "I-PER", "B-LOC"))
+    # Budget 4: "saw" (1) | "unabcs" cut to 4 | "alice bob" (1 + 1) share the last window.
+    encoded = encode([_sentence(["saw", "unabcs", "alice", "bob"], ["O", "B-LOC", "B-PER", "I-PER"]),
+                      _sentence(["unabcs"], ["B-LOC"])], five, hand_tokenizer, max_length=6)
+    ids, labels = _windows(encoded)
+    assert ids == [[CLS, SAW, SEP], [CLS, *UNABCS[:4], SEP], [CLS, ALICE, BOB, SEP], [CLS, *UNABCS[:4], SEP]]
+    assert labels == [[X, o, X], [X, loc, X, X, X, X], [X, per, i_per, X], [X, loc, X, X, X, X]]
+    assert encoded.word_start.tolist() == [0, 1, 2, 0] and encoded.sentence_index.tolist() == [0, 0, 0, 1]
+    assert encoded.words_per_window().sum() == encoded.num_words == 5
+
+
+def test_words_the_tokenizer_drops_become_the_unknown_token_and_are_scored(hand_tokenizer):
+    five = multinerd_label_set("five")
+    per, loc = five.tag_id("B-PER"), five.tag_id("B-LOC")
+    # A zero-width space and a control character: BERT's tokenizer gives them no sub-token at all.
+    sentence = _sentence(["alice", "\u200b", "\x07", "bob"], ["B-PER", "O", "B-LOC", "B-PER"])
+    encoded = encode([sentence], five, hand_tokenizer, max_length=16)
+    ids, labels = _windows(encoded)
+    assert ids == [[CLS, ALICE, UNK, UNK, BOB, SEP]]
+    assert labels == [[X, per, 0, loc, per, X]]

@@ -145,7 +145,8 @@ def test_without_matplotlib_plots_are_skipped_with_a_hint(no_matplotlib, tmp_pat
         written = write_reports(str(tmp_path), {"model": "m", "data": "d"}, multinerd_label_set("PER,LOC"),
                                 {"epochs": [], "test": None, "val": None}, [[0]], [[0]])
     assert "pip install nerlib[plots]" in caplog.text
-    assert written == {"model_card": str(tmp_path / "README.md"), "training_curves": None, "confusion": None}
+    assert written == {"model_card": str(tmp_path / "README.md"), "training_curves": None, "confusion": None,
+                       "report": None, "report_json": None}
     assert os.listdir(tmp_path) == ["README.md"]
 
 
