@@ -167,8 +167,8 @@ def teardown(world: World, finished: bool = True) -> None:
         logger.warning("rank %d: not every rank reached the end of the run: %s", world.rank, exc)
     finally:
         # The DDP wrapper's reducer holds the group too, and a reference cycle can keep the wrapper
-        # alive after the loop returned (matplotlib keeps the frames of a savefig in one): collect
-        # it, or destroy_process_group leaves the group to be torn down at interpreter exit.
+        # alive after the loop returned (drawing the plots leaves one holding the loop's frame):
+        # collect it, or destroy_process_group leaves the group to be torn down at interpreter exit.
         gc.collect()
         dist.destroy_process_group()
 
