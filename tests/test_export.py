@@ -150,7 +150,8 @@ def test_int8_model_is_the_quantised_graph(exported):
     assert os.path.getsize(int8.path) < os.path.getsize(fp32.path)
     ids = torch.randint(5, fp32.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
     full, quantised = fp32(input_ids=ids).logits, int8(input_ids=ids).logits
-    assert not torch.equal(full, quantised) and torch.allclose(full, quantised, atol=0.5)
+    # Rounded, not replaced: the differences are small beside the logits themselves.
+    assert not torch.equal(full, quantised) and (full - quantised).abs().mean() < 0.2 * full.abs().mean()
 
 
 def test_evaluate_cli_runs_the_int8_model(exported, capsys):

@@ -362,7 +362,7 @@ def _listening_sockets() -> list[str]:
 
 @pytest.mark.parametrize("argv, message", [
     (["--max-texts", "0"], "--max-texts must be at least 1"),
-    (["--port", "70000"], "--port must be in 0-65535"),
+    (["--port", "70000"], "--port must be in [0, 65535], got 70000"),
     (["--backend", "onnx"], "no model.onnx"),
 ])
 def test_serve_command_errors_are_one_line(model, argv, message, capsys):
