@@ -7,6 +7,7 @@
 """
 
 from .config import TrainConfig
+from .convert import convert
 from .data import Sentence, Split, load_split
 from .errors import ConfigError, DataError, ModelError, NerlibError
 from .evaluation import compute_metrics, evaluate
@@ -17,7 +18,7 @@ from .prediction import Entity, predict, split_words
 __version__ = "0.1.0"
 
 __all__ = [
-    "TrainConfig", "train", "evaluate", "predict", "Entity", "split_words", "compute_metrics", "load_split", "Sentence", "Split",
+    "TrainConfig", "train", "evaluate", "predict", "convert", "Entity", "split_words", "compute_metrics", "load_split", "Sentence", "Split",
     "LabelSet", "multinerd_label_set", "auto_label_set", "MULTINERD_TAGS", "MULTINERD_CLASSES", "FIVE_CLASSES",
     "NerlibError", "DataError", "ConfigError", "ModelError", "__version__",
 ]

@@ -204,8 +204,8 @@ def analyse(
     Args:
         tokens: each sentence's words.
         gold_tags, pred_tags: each sentence's gold and predicted BIO tags, the same shape.
-        types: entity types to list first, in this order (a label set's classes); types found
-            in the tags but not listed follow, sorted.
+        types: the order of the entity types (a label set's classes); types found in the tags but
+            not listed follow, sorted; types with no gold or predicted entity are left out.
         train_forms: surface forms of the training split's gold entities
             (`training_surface_forms`); None leaves out the seen/unseen slice.
         windows: how many windows each sentence was cut into; None leaves out that slice.
@@ -229,7 +229,8 @@ def analyse(
         raise ValueError("tokens, gold and predicted tags differ in the number of sentences")
     per_sentence = [classify_sentence(g, p) for g, p in zip(gold_tags, pred_tags)]
     seen = {span[0] for outcomes in per_sentence for o in outcomes for span in (o.gold, o.pred) if span}
-    ordered = list(dict.fromkeys(list(types) + sorted(seen - set(types))))
+    # Types with no gold or predicted entity (ANIM and DIS on data without them) would only add rows of zeros.
+    ordered = [name for name in dict.fromkeys(types) if name in seen] + sorted(seen - set(types))
     index = {name: i for i, name in enumerate(ordered)}
 
     counts = {name: dict.fromkeys(OUTCOMES + ("gold", "predicted"), 0) for name in ordered}

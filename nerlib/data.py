@@ -1,84 +1,96 @@
-"""Readers: every data source becomes a list of `Sentence` (tokens and string tags).
+"""Where a split's sentences come from, and what they become: `load_split`, the one entry point.
 
-Three sources are understood:
+A data source is one of:
 
-* a hub dataset id (default `Babelscape/multinerd`), read through `datasets`, fetching only the
-  chosen language's file of the chosen split;
-* a local folder in the hub's layout: `train/train_en.jsonl`, `val/val_en.jsonl`,
-  `test/test_en.jsonl`, one `{"tokens", "ner_tags", "lang"}` record a line;
-* a local folder of token<TAB>tag column files, one a split (`train`, `val`/`validation`/`dev`,
-  `test` with `.txt`, `.tsv` or `.conll`), a blank line between sentences, string tags and an
-  optional leading index column.
+* a hub dataset id: `Babelscape/multinerd` (one language's file of a split, or several) or any
+  hub dataset with `tokens` and `ner_tags` (`owner/name`, or `owner/name:config`), read through
+  `datasets`, with the tag names of its `ClassLabel` feature;
+* a folder: MultiNERD's hub layout (`train/train_en.jsonl`, ...), files named after their split
+  as people name them (`train.txt`, `dev.tsv`, `test.conll`, `eng.train`, `eng.testa`,
+  `eng.testb`, `train.jsonl`, `validation.parquet`, `train-00000-of-00002.parquet`, ...), or a
+  `datasets.save_to_disk` folder;
+* a file (or a `save_to_disk` folder of one dataset): read whole as the split asked for.
 
-Every problem in a file is raised as `DataError` naming the file and line.
+How each file format reads is `nerlib.formats`; here the file's tags are converted to BIO by its
+tag scheme (`nerlib.schemes`, detected per file unless `--tag-scheme` says), and what was read is
+summarised in one line a file. A folder that holds two candidates for one split (`val/` and
+`validation/`, hub-layout and column files) is refused, naming both. Every problem in a file is
+raised as `DataError` naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+import re
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 from .errors import DataError
-from .labels import MULTINERD_TAGS, LabelSet, is_bio_tag
+from .formats import (
+    COLUMN_EXTENSIONS, JSON_EXTENSIONS, TABLE_EXTENSIONS, FileReport, ReadOptions, Sentence, read_columns, read_json,
+    read_table, rows_to_sentences,
+)
+from .labels import LabelSet
+from .schemes import SchemeError, convert_to_bio, entity_counts
+
+__all__ = ["DEFAULT_HUB_DATASET", "ReadOptions", "Sentence", "Split", "SplitNotFound", "all_tags", "canonical_split",
+           "load_split", "parse_langs", "single_split_source", "split_of_file_name", "tag_ids"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HUB_DATASET = "Babelscape/multinerd"
 
-# Canonical split name -> the folder/file stems it may have on disk, in order of preference.
+# Canonical split name -> the names it goes by, in file and folder names (CoNLL-2003's eng.testa
+# is its validation split, eng.testb its test split).
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "validation", "dev", "valid", "development", "testa"),
+    "test": ("test", "testb"),
+}
+# The folder names of MultiNERD's hub layout: {stem}/{stem}_{lang}.jsonl.
+HUB_STEMS: dict[str, tuple[str, ...]] = {
     "train": ("train",),
     "val": ("val", "validation", "dev", "valid"),
     "test": ("test",),
 }
-COLUMN_EXTENSIONS = (".txt", ".tsv", ".conll")
-
-
-@dataclass(frozen=True)
-class Sentence:
-    """One sentence: its words, their string BIO tags, and where it was read from.
-
-    `path` and `line` locate the sentence; in column files token i stands on line `line + i`,
-    in JSON lines all tokens share one line (`per_token_lines` False).
-    """
-
-    tokens: tuple[str, ...]
-    tags: tuple[str, ...]
-    path: str
-    line: int
-    per_token_lines: bool = False
-
-    def locate(self, token_index: int | None = None) -> str:
-        """`file:line` of the sentence, or of one of its tokens."""
-        if token_index is None:
-            return f"{self.path}:{self.line}"
-        if self.per_token_lines:
-            return f"{self.path}:{self.line + token_index}"
-        return f"{self.path}:{self.line} (token {token_index})"
+_SHARD = re.compile(r"^(?P<prefix>.+)-\d+-of-\d+(?P<ext>\.[^.]+)$")
 
 
 @dataclass
 class Split:
-    """The sentences of one split, where they came from, and how many empty ones were skipped."""
+    """The sentences of one split, where they came from, and what reading them found.
+
+    Attributes:
+        name: `train`, `val` or `test`.
+        source: the file read (or folder, or hub id).
+        sentences: the non-empty sentences, tags in BIO.
+        empty_skipped: sentences without words, skipped.
+        lang: the `--lang` asked for (hub layout and JSON sources), else None.
+        summary: one line a file read: format, scheme, counts, what was skipped.
+    """
 
     name: str
     source: str
     sentences: list[Sentence]
     empty_skipped: int = 0
     lang: str | None = None
+    summary: list[str] = field(default_factory=list)
 
     @property
     def num_words(self) -> int:
         return sum(len(s.tokens) for s in self.sentences)
 
+    @property
+    def langs(self) -> list[str]:
+        """The languages of the sentences that say (sorted); empty when none does."""
+        return sorted({s.lang for s in self.sentences if s.lang})
+
     def head(self, n: int | None) -> "Split":
         """The first n sentences (all when n is None)."""
         if n is None or n >= len(self.sentences):
             return self
-        return Split(self.name, self.source, self.sentences[:n], self.empty_skipped, self.lang)
+        return replace(self, sentences=self.sentences[:n])
 
 
 class SplitNotFound(DataError):
@@ -86,230 +98,320 @@ class SplitNotFound(DataError):
 
 
 def canonical_split(split: str) -> str:
-    """`validation`/`dev` -> `val`; raises DataError for a name that is no split."""
+    """`validation`/`dev`/`testa` -> `val`, `testb` -> `test`; raises DataError for a name that is no split."""
     for name, aliases in SPLIT_ALIASES.items():
         if split == name or split in aliases:
             return name
     raise DataError(f"unknown split {split!r}: expected train, val (validation, dev) or test")
 
 
-def load_split(data: str, split: str, lang: str = "en") -> Split:
-    """Read one split of a data source into sentences.
+def parse_langs(lang: str) -> list[str] | None:
+    """`en` -> ["en"], `en,de` -> ["en", "de"], `all` -> None (every language).
+
+    Raises:
+        DataError: an empty list.
+    """
+    if lang.strip().lower() == "all":
+        return None
+    langs = [part.strip() for part in lang.split(",") if part.strip()]
+    if not langs:
+        raise DataError(f"--lang {lang!r}: expected a language code, a comma-separated list, or all")
+    return list(dict.fromkeys(langs))
+
+
+def single_split_source(path: str) -> bool:
+    """Whether `path` holds one split only: a file, or a `save_to_disk` folder of one dataset."""
+    return os.path.isfile(path) or (os.path.isdir(path) and os.path.isfile(os.path.join(path, "state.json"))
+                                    and not os.path.isfile(os.path.join(path, "dataset_dict.json")))
+
+
+def load_split(data: str, split: str, lang: str = "en", options: ReadOptions = ReadOptions()) -> Split:
+    """Read one split of a data source into sentences with BIO tags.
 
     Args:
-        data: a local folder (hub layout or column files) or a hub dataset id.
-        split: `train`, `val` (or `validation`, `dev`) or `test`.
-        lang: the language whose file is read and whose records are kept (hub layout only).
+        data: a folder, a file (read whole as this split), or a hub dataset id.
+        split: `train`, `val` (or `validation`, `dev`, `testa`) or `test` (or `testb`).
+        lang: the language(s) whose files are read and whose records are kept: `en`, `en,de`, or
+            `all` (hub layout and records that carry a `lang`).
+        options: tag scheme, columns and span overlaps (`ReadOptions`).
 
     Returns:
-        The split's non-empty sentences, with the count of empty ones skipped.
+        The split's non-empty sentences, with the count of empty ones skipped and a summary of
+        each file (also logged).
 
     Raises:
         SplitNotFound: the source has no file for this split.
-        DataError: the source cannot be found or read, or a record is malformed.
+        DataError: the source cannot be found, is ambiguous or cannot be read, or a record is
+            malformed (file and line).
     """
     split = canonical_split(split)
+    langs = parse_langs(lang)
+    if single_split_source(data):
+        return _finish(split, data, lang, [_read_file(data, langs, None, options)])
     if os.path.isdir(data):
-        hub_file = _find_hub_layout_file(data, split, lang)
-        if hub_file is not None:
-            return _finish(split, hub_file, lang, _read_jsonl(hub_file, lang))
-        column_file = _find_column_file(data, split)
-        if column_file is not None:
-            return _finish(split, column_file, None, _read_columns(column_file))
-        if _has_any_split(data, lang):
+        if os.path.isfile(os.path.join(data, "dataset_dict.json")):
+            return _finish(split, data, lang, [_read_dataset_dict(data, split, langs, options)])
+        candidates = _candidates(data, split, langs)
+        if len(candidates) > 1:
+            listed = " and ".join(_relative(data, c[0]) + (f" (+{len(c) - 1} more)" if len(c) > 1 else "")
+                                  for c in candidates)
+            raise DataError(f"{data}: two sources for the {split} split: {listed}; keep one, or name the file "
+                            f"with --{split} FILE")
+        if candidates:
+            files = candidates[0]
+            reads = [_read_file(path, langs, _hub_file_lang(path), options) for path in files]
+            return _finish(split, files[0] if len(files) == 1 else data, lang, reads)
+        if any(_candidates(data, other, langs) for other in SPLIT_ALIASES):
             raise SplitNotFound(f"{data}: no {split} split ({_expected_names(split, lang)})")
         raise DataError(
-            f"{data}: not a data folder: expected the hub layout ({_expected_names('train', lang)}) "
-            f"or column files (train.txt, val.txt, test.txt)"
+            f"{data}: not a data folder: expected the hub layout ({_expected_names('train', lang)}), files named "
+            f"after their split (train.txt, dev.conll, test.jsonl, eng.train, train.parquet, ...) or a "
+            f"datasets.save_to_disk folder; name files with --train/--val/--test FILE"
         )
-    if os.path.exists(data):
-        raise DataError(f"{data}: is a file; --data takes a folder (one file a split) or a hub dataset id")
     if _looks_like_hub_id(data):
-        return _finish(split, f"hub:{data}", lang, _read_hub(data, split, lang))
-    raise DataError(f"{data}: no such data folder")
+        return _finish(split, f"hub:{data}", lang, [_read_hub(data, split, langs, options)])
+    raise DataError(f"{data}: no such data folder or file")
 
 
-def _finish(split: str, source: str, lang: str | None, read: tuple[list[Sentence], int]) -> Split:
-    sentences, empty = read
+def _relative(folder: str, path: str) -> str:
+    return os.path.relpath(path, folder)
+
+
+def _finish(split: str, source: str, lang: str | None, reads: list[tuple[str, list[Sentence], str, int]]) -> Split:
+    """One split from `(file, sentences, summary line, empty count)` of each file read."""
+    sentences = [sentence for _, file_sentences, _, _ in reads for sentence in file_sentences]
+    empty = sum(count for _, _, _, count in reads)
+    summary = [f"{split}: {line}" for _, _, line, _ in reads]
+    for line in summary:
+        logger.info("%s", line)
     if not sentences:
         raise DataError(f"{source}: the {split} split holds no sentences" + (f" in language {lang!r}" if lang else ""))
-    if empty:
-        logger.warning("%s: skipped %d empty sentence(s)", source, empty)
-    return Split(split, source, sentences, empty, lang)
+    return Split(split, source, sentences, empty, lang, summary)
+
+
+def _read_file(path: str, langs: list[str] | None, default_lang: str | None,
+               options: ReadOptions) -> tuple[str, list[Sentence], str, int]:
+    """Read one file (or one-dataset folder), convert its tags to BIO, and summarise it."""
+    wanted = None if langs is None else set(langs)
+    lower = path.lower()
+    if os.path.isdir(path):
+        sentences, report = _read_dataset(path, None, wanted, default_lang, options)
+    elif lower.endswith(TABLE_EXTENSIONS):
+        sentences, report = read_table(path, wanted, default_lang, options)
+    elif lower.endswith(JSON_EXTENSIONS) or _looks_like_json_lines(path):
+        sentences, report = read_json(path, wanted, default_lang, options)
+    else:
+        sentences, report = read_columns(path, options)
+    sentences, scheme = _to_bio(sentences, report, options)
+    return path, sentences, _summary_line(path, report, scheme, sentences), report.empty
+
+
+def _looks_like_json_lines(path: str) -> bool:
+    """A column-file name holding JSON lines (`train.txt` of `{"tokens": ...}` records)."""
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                if raw.strip():
+                    return raw.lstrip().lstrip(b"\xef\xbb\xbf").startswith(b"{")
+    except OSError:
+        return False
+    return False
+
+
+def _to_bio(sentences: list[Sentence], report: FileReport, options: ReadOptions) -> tuple[list[Sentence], str]:
+    """A file's sentences with BIO tags, and the scheme they were read with (and why)."""
+    if not report.raw_tags:
+        return sentences, "BIO, made from the character spans"
+    try:
+        converted, detection = convert_to_bio([s.tags for s in sentences], options.tag_scheme)
+    except SchemeError as exc:
+        sentence, word = exc.position
+        where = sentences[sentence].locate(word)
+        also = ""
+        if exc.other is not None and exc.other != exc.position:
+            other_sentence, other_word = exc.other
+            also = f" (see {sentences[other_sentence].locate(other_word)})"
+        raise DataError(f"{where}: {exc}{also}") from None
+    changed = [s if tuple(tags) == s.tags else replace(s, tags=tuple(tags)) for s, tags in zip(sentences, converted)]
+    scheme = detection.scheme.name
+    if scheme != "BIO":
+        scheme += ", converted to BIO"
+    return changed, f"{scheme} ({detection.reason})"
+
+
+def _summary_line(path: str, report: FileReport, scheme: str, sentences: list[Sentence]) -> str:
+    """`path: format; scheme ...; N sentences, N words; entities ...; ...` for the log."""
+    words = sum(len(s.tokens) for s in sentences)
+    counts = entity_counts(s.tags for s in sentences)
+    entities = ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+    parts = [report.format, f"scheme {scheme}", f"{len(sentences)} sentences, {words} words",
+             f"entities: {entities}"]
+    if report.documents:
+        parts.append(f"{report.documents} documents (-DOCSTART-)")
+    if report.comments:
+        parts.append(f"{report.comments} comment lines")
+    if not report.raw_tags:
+        parts.append(f"{report.words_split} words split at a span boundary")
+    for reason, count in sorted(report.notes.items()):
+        parts.append(f"{reason}: {count}")
+    skipped = dict(report.skipped)
+    if report.empty:
+        skipped["empty sentences"] = report.empty
+    if skipped:
+        parts.append("skipped " + ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items())))
+    return f"{path}: " + "; ".join(parts)
 
 
 def _looks_like_hub_id(data: str) -> bool:
-    parts = data.split("/")
-    return len(parts) == 2 and all(parts) and not data.startswith((".", "~"))
+    parts = data.split(":", 1)[0].split("/")
+    return len(parts) == 2 and all(parts) and not data.startswith((".", "~", "/"))
 
 
-def _find_hub_layout_file(folder: str, split: str, lang: str) -> str | None:
-    for stem in SPLIT_ALIASES[split]:
-        path = os.path.join(folder, stem, f"{stem}_{lang}.jsonl")
-        if os.path.isfile(path):
-            return path
+def _hub_file_lang(path: str) -> str | None:
+    """The language of a hub-layout file name (`train_en.jsonl` -> `en`), None for other files."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.basename(os.path.dirname(path))
+    if stem.startswith(folder + "_") and path.endswith(".jsonl"):
+        return stem[len(folder) + 1:]
     return None
 
 
-def _find_column_file(folder: str, split: str) -> str | None:
-    for stem in SPLIT_ALIASES[split]:
-        for ext in COLUMN_EXTENSIONS:
-            path = os.path.join(folder, stem + ext)
-            if os.path.isfile(path):
-                return path
-    return None
+def split_of_file_name(name: str) -> str | None:
+    """The split a file name names (`eng.testa` -> val, `train-00000-of-00002.parquet` -> train), or None."""
+    lower = name.lower()
+    if lower.startswith("."):
+        return None
+    stem, ext = os.path.splitext(lower)
+    if ext in COLUMN_EXTENSIONS or ext in JSON_EXTENSIONS or ext in TABLE_EXTENSIONS:
+        parts = re.split(r"[._-]", stem)
+    elif any(ext[1:] in aliases for aliases in SPLIT_ALIASES.values()):
+        parts = re.split(r"[._-]", lower)  # eng.train, eng.testa: the split is the extension
+    else:
+        return None
+    named = {split for split, aliases in SPLIT_ALIASES.items() if any(part in aliases for part in parts)}
+    return named.pop() if len(named) == 1 else None
 
 
-def _has_any_split(folder: str, lang: str) -> bool:
-    return any(
-        _find_hub_layout_file(folder, split, lang) or _find_column_file(folder, split)
-        for split in SPLIT_ALIASES
-    )
+def _candidates(folder: str, split: str, langs: list[str] | None) -> list[list[str]]:
+    """Each distinct source of `split` in a folder, as the list of its files (shards together)."""
+    candidates: list[list[str]] = []
+    for stem in HUB_STEMS[split]:
+        sub = os.path.join(folder, stem)
+        if not os.path.isdir(sub):
+            continue
+        if langs is None:
+            prefix = f"{stem}_"
+            files = sorted(os.path.join(sub, n) for n in os.listdir(sub) if n.startswith(prefix) and n.endswith(".jsonl"))
+        else:
+            files = [os.path.join(sub, f"{stem}_{lang}.jsonl") for lang in langs]
+            files = [f for f in files if os.path.isfile(f)]
+        if files:
+            candidates.append(files)
+    shards: dict[tuple[str, str], list[str]] = {}
+    for place in (folder, os.path.join(folder, "data")):
+        if not os.path.isdir(place):
+            continue
+        for name in sorted(os.listdir(place)):
+            path = os.path.join(place, name)
+            if not os.path.isfile(path) or split_of_file_name(name) != split:
+                continue
+            shard = _SHARD.match(name)
+            if shard:
+                shards.setdefault((place, shard["prefix"] + shard["ext"]), []).append(path)
+            else:
+                candidates.append([path])
+    candidates.extend(shards.values())
+    return candidates
 
 
 def _expected_names(split: str, lang: str) -> str:
-    stem = SPLIT_ALIASES[split][0]
-    return f"{stem}/{stem}_{lang}.jsonl or {stem}.txt"
+    stem = HUB_STEMS[split][0]
+    first = "*" if lang.strip().lower() == "all" else lang.split(",")[0].strip()
+    return f"{stem}/{stem}_{first}.jsonl or {stem}.txt"
 
 
-def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, text without the line ending) for each line; CRLF reads like LF."""
+def _read_dataset(path: str, split: str | None, langs: set[str] | None, default_lang: str | None,
+                  options: ReadOptions) -> tuple[list[Sentence], FileReport]:
+    """Rows of a `save_to_disk` folder (one dataset, or `split` of a dataset dict), with its features."""
     try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-                ) from None
-            if number == 1 and text.startswith("\ufeff"):
-                text = text[1:]
-            yield number, text.rstrip("\r\n")
+        import datasets
+    except ImportError:  # pragma: no cover - a runtime dependency
+        raise DataError("reading a datasets folder needs the `datasets` package: pip install datasets") from None
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as exc:  # a damaged or foreign folder fails inside datasets in many ways
+        raise DataError(f"{path}: cannot read as a datasets.save_to_disk folder ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:160]})") from None
+    where = path
+    if split is not None:
+        names = [name for name in loaded if canonical_split_or_none(name) == split]
+        if len(names) > 1:
+            raise DataError(f"{path}: two sources for the {split} split: {' and '.join(names)}; keep one")
+        if not names:
+            raise SplitNotFound(f"{path}: no {split} split (the dataset has {', '.join(loaded) or 'none'})")
+        loaded, where = loaded[names[0]], os.path.join(path, names[0])
+    sentences, report = rows_to_sentences(loaded, loaded.column_names, loaded.features, where, langs, default_lang,
+                                          options)
+    report.format = f"datasets folder: {report.format}"
+    return sentences, report
 
 
-def _read_jsonl(path: str, lang: str | None) -> tuple[list[Sentence], int]:
-    def records() -> Iterator[tuple[object, str, int, str]]:
-        for number, text in _decoded_lines(path):
-            if not text.strip():
-                continue
-            try:
-                yield json.loads(text), path, number, f"{path}:{number}"
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: malformed JSON: {exc.msg} (column {exc.colno})") from None
-
-    return _collect(records(), lang)
-
-
-def _collect(records: Iterable[tuple[object, str, int, str]], lang: str | None) -> tuple[list[Sentence], int]:
-    """Validated sentences of the wanted language from `(record, path, line, where)`, and the empty ones' count."""
-    sentences: list[Sentence] = []
-    empty = 0
-    for record, path, line, where in records:
-        sentence = _sentence_from_record(record, path, line, lang, where)
-        if sentence is None:
-            continue
-        if not sentence.tokens:
-            empty += 1
-            continue
-        sentences.append(sentence)
-    return sentences, empty
-
-
-def _sentence_from_record(record: object, path: str, line: int, lang: str | None, where: str) -> Sentence | None:
-    """A validated sentence, or None when the record is of another language."""
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object with tokens and ner_tags, got {type(record).__name__}")
-    if lang is not None and "lang" in record and record["lang"] != lang:
+def canonical_split_or_none(name: str) -> str | None:
+    """`canonical_split`, or None for a name that is no split."""
+    try:
+        return canonical_split(name)
+    except DataError:
         return None
-    missing = [key for key in ("tokens", "ner_tags") if key not in record]
-    if missing:
-        raise DataError(f"{where}: record has no {' or '.join(missing)} field")
-    tokens, tags = record["tokens"], record["ner_tags"]
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise DataError(f"{where}: tokens must be a list of strings")
-    if not isinstance(tags, list):
-        raise DataError(f"{where}: ner_tags must be a list")
-    if len(tokens) != len(tags):
-        raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} ner_tags")
-    return Sentence(tuple(tokens), tuple(_tag_name(tag, where, i) for i, tag in enumerate(tags)), path, line)
 
 
-def _tag_name(tag: object, where: str, index: int) -> str:
-    """MultiNERD's tag for an integer id; a string tag is checked to be BIO."""
-    if isinstance(tag, int) and not isinstance(tag, bool):
-        if 0 <= tag < len(MULTINERD_TAGS):
-            return MULTINERD_TAGS[tag]
-        raise DataError(
-            f"{where} (token {index}): unknown tag id {tag}; MultiNERD's ids are 0..{len(MULTINERD_TAGS) - 1}"
-        )
-    if isinstance(tag, str) and is_bio_tag(tag):
-        return tag
-    raise DataError(f"{where} (token {index}): malformed tag {tag!r}; expected an id or O, B-TYPE, I-TYPE")
+def _read_dataset_dict(path: str, split: str, langs: list[str] | None,
+                       options: ReadOptions) -> tuple[str, list[Sentence], str, int]:
+    sentences, report = _read_dataset(path, split, None if langs is None else set(langs), None, options)
+    sentences, scheme = _to_bio(sentences, report, options)
+    return path, sentences, _summary_line(path, report, scheme, sentences), report.empty
 
 
-def _read_columns(path: str) -> tuple[list[Sentence], int]:
-    sentences: list[Sentence] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    start = 0
-    for number, text in _decoded_lines(path):
-        if not text.strip():
-            if tokens:
-                sentences.append(Sentence(tuple(tokens), tuple(tags), path, start, per_token_lines=True))
-                tokens, tags = [], []
-            continue
-        if text.startswith("-DOCSTART-"):
-            continue
-        columns = text.split("\t") if "\t" in text else text.split()
-        if len(columns) == 3:
-            index, token, tag = columns
-            if not index.strip().isdigit():
-                raise DataError(f"{path}:{number}: expected a number in the index column, got {index!r}")
-        elif len(columns) == 2:
-            token, tag = columns
-        else:
-            raise DataError(
-                f"{path}:{number}: expected 2 tab-separated columns (token, tag) or 3 (index, token, tag), "
-                f"got {len(columns)}"
-            )
-        token, tag = token.strip(), tag.strip()
-        if not token:
-            raise DataError(f"{path}:{number}: empty token")
-        if not is_bio_tag(tag):
-            raise DataError(f"{path}:{number}: malformed tag {tag!r}; expected O, B-TYPE or I-TYPE")
-        if not tokens:
-            start = number
-        tokens.append(token)
-        tags.append(tag)
-    if tokens:
-        sentences.append(Sentence(tuple(tokens), tuple(tags), path, start, per_token_lines=True))
-    # A column file cannot hold an empty sentence: blank lines only separate them.
-    return sentences, 0
+def _read_hub(dataset_id: str, split: str, langs: list[str] | None,
+              options: ReadOptions) -> tuple[str, list[Sentence], str, int]:
+    """Fetch a split from the hub (or the local cache) via `datasets`.
 
-
-def _read_hub(dataset_id: str, split: str, lang: str) -> tuple[list[Sentence], int]:
-    """Fetch one language's file of one split from the hub (or the local cache) via `datasets`."""
+    MultiNERD: only the wanted languages' files of the split. Any other dataset (`owner/name`
+    or `owner/name:config`): the split of the dataset, tag names from its ClassLabel feature.
+    """
     try:
         import datasets
     except ImportError:  # pragma: no cover - a runtime dependency
         raise DataError("reading a hub dataset needs the `datasets` package: pip install datasets") from None
-    stem = SPLIT_ALIASES[split][0]
-    data_file = f"{stem}/{stem}_{lang}.jsonl"
+    name, _, config = dataset_id.partition(":")
+    wanted = None if langs is None else set(langs)
     try:
-        rows = datasets.load_dataset(dataset_id, data_files={split: data_file}, split=split)
+        if name == DEFAULT_HUB_DATASET:
+            stem = HUB_STEMS[split][0]
+            data_files = ([f"{stem}/{stem}_*.jsonl"] if langs is None
+                          else [f"{stem}/{stem}_{lang}.jsonl" for lang in langs])
+            described = ", ".join(data_files)
+            rows = datasets.load_dataset(name, data_files={split: data_files}, split=split)
+        else:
+            described = f"the {split} split"
+            loaded = datasets.load_dataset(name, config or None)
+            names = [key for key in loaded if canonical_split_or_none(key) == split]
+            if not names:
+                raise SplitNotFound(f"hub:{dataset_id}: no {split} split (the dataset has {', '.join(loaded)})")
+            rows = loaded[names[0]]
+    except SplitNotFound:
+        raise
     except Exception as exc:  # network, missing repo or file: all end the same way for the user
         raise DataError(
-            f"cannot load {data_file} of {dataset_id} from the Hugging Face hub and no copy is cached "
-            f"({type(exc).__name__}); use --data FOLDER with a local copy in the hub layout "
-            f"(train/train_{lang}.jsonl, val/val_{lang}.jsonl, test/test_{lang}.jsonl) or column files"
+            f"cannot load {described} of {dataset_id} from the Hugging Face hub and no copy is cached "
+            f"({type(exc).__name__}); use --data FOLDER with a local copy (the hub layout: train/train_en.jsonl, "
+            f"val/val_en.jsonl, test/test_en.jsonl; column files; or a datasets.save_to_disk folder)"
         ) from None
-    where_file = f"hub:{dataset_id}/{data_file}"
-    return _collect(((record, where_file, index + 1, f"{where_file} record {index}") for index, record in enumerate(rows)),
-                    lang)
+    where = f"hub:{dataset_id}/{split}"
+    sentences, report = rows_to_sentences(rows, rows.column_names, rows.features, where, wanted,
+                                          None, options, unit="record")
+    report.format = f"hub dataset: {report.format}"
+    sentences, scheme = _to_bio(sentences, report, options)
+    return where, sentences, _summary_line(where, report, scheme, sentences), report.empty
 
 
 def tag_ids(sentence: Sentence, label_set: LabelSet) -> list[int]:

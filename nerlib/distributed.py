@@ -20,6 +20,7 @@ or many. The scheme:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, Found, checkpoints_root, find_resumable,
-                         local_copy_problem, manifest_digest)
+from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, CorruptCheckpoint, Found, checkpoints_root, find_resumable,
+                         local_copy_problem, manifest_digest, read_checkpoint)
 from .errors import ConfigError
 from .evaluation import assemble_words, predict_encoded, predict_windows
 from .features import Encoded
@@ -125,6 +126,14 @@ def setup(device_name: str = "auto") -> World:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not already:
+        # torch.distributed.nn.functional binds the world group as a default argument of its
+        # functions when it is first imported; DistributedDataParallel imports it. Imported after
+        # init_process_group, it would keep the group alive after destroy_process_group, and the
+        # group's sockets and threads would be torn down during interpreter shutdown, racing with
+        # it and with the other ranks (the SIGABRT at exit of docs/distributed.md). Imported now,
+        # it binds None, and `teardown` really frees the group.
+        import torch.distributed.nn  # noqa: F401
+
         if device.type == "cuda":
             # device_id binds the NCCL communicator to this rank's GPU at once (no guessing later).
             dist.init_process_group(backend_for(device), device_id=device)
@@ -135,9 +144,32 @@ def setup(device_name: str = "auto") -> World:
     return World(rank=rank, size=size, local_rank=local_rank, device=device, owns_group=not already)
 
 
-def teardown(world: World) -> None:
-    """Destroy the process group if `setup` created it."""
-    if world.owns_group and dist.is_initialized():
+def teardown(world: World, finished: bool = True) -> None:
+    """Leave the process group if `setup` created it; every rank calls this on every path.
+
+    After a run that ended normally on every rank (`finished`), the ranks first meet at a barrier
+    and wait for their device, so that no rank destroys its side of the group while another is
+    still writing its files or has a collective in flight with it. After an error the group is
+    destroyed at once: the other ranks may never reach a barrier (torchrun stops them).
+
+    Args:
+        world: what `setup` returned.
+        finished: the run returned normally (False on an exception or an interruption).
+    """
+    if not (world.owns_group and dist.is_initialized()):
+        return
+    try:
+        if finished:
+            dist.barrier()
+            if world.device.type == "cuda":
+                torch.cuda.synchronize(world.device)
+    except RuntimeError as exc:  # another rank left first (its own error is what torchrun reports)
+        logger.warning("rank %d: not every rank reached the end of the run: %s", world.rank, exc)
+    finally:
+        # The DDP wrapper's reducer holds the group too, and a reference cycle can keep the wrapper
+        # alive after the loop returned (matplotlib keeps the frames of a savefig in one): collect
+        # it, or destroy_process_group leaves the group to be torn down at interpreter exit.
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -343,14 +375,15 @@ def agree_on_checkpoint(output_dir: str, world: World) -> Found:
         return find_resumable(output_dir)
     choice = None
     if world.is_main:
-        found = find_resumable(output_dir)
-        choice = (found, manifest_digest(found.path) if found.path else None)
-    found, digest = broadcast_from_main(choice, world)
-    if found.path is None:
-        return found
-    name = os.path.basename(found.path)
+        mine = find_resumable(output_dir)
+        # Only the name travels: every rank reads the states from its own copy.
+        choice = (mine.path, mine.skipped, manifest_digest(mine.path) if mine.path else None)
+    path, skipped, digest = broadcast_from_main(choice, world)
+    if path is None:
+        return Found(None, skipped)
+    name = os.path.basename(path)
     local = os.path.join(checkpoints_root(output_dir), name)
-    problem = None if world.is_main else local_copy_problem(local, digest)  # rank 0 verified its own
+    found, problem = (mine, None) if world.is_main else _read_local_copy(local, digest, skipped)
     problems = all_gather(problem, world)
     lacking = [f"rank {rank} ({why})" for rank, why in enumerate(problems) if why]
     if lacking:
@@ -358,7 +391,19 @@ def agree_on_checkpoint(output_dir: str, world: World) -> Found:
             f"{name}: rank 0 resumes from this checkpoint, which {', '.join(lacking)} lack(s) in their "
             f"--output-dir; keep --output-dir on a file system that every machine shares, or copy "
             f"{CHECKPOINTS_DIR}/{name} into it on the machines of those ranks")
-    return Found(local, found.skipped)
+    return found
+
+
+def _read_local_copy(local: str, digest: str, skipped: tuple[str, ...]) -> tuple[Found | None, str | None]:
+    """This rank's copy of rank 0's checkpoint, read whole, or why it cannot stand in (never raises:
+    every rank must reach the gather that follows, or the ranks that can resume would wait forever)."""
+    problem = local_copy_problem(local, digest)
+    if problem:
+        return None, problem
+    try:
+        return Found(local, skipped, read_checkpoint(local)), None
+    except (CorruptCheckpoint, CheckpointError) as exc:
+        return None, str(exc)
 
 
 def gather_to_main(value, world: World) -> list | None:

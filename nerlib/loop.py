@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 from . import distributed
 from .cache import cached_encode, resolve_cache_dir
 from .config import TrainConfig
-from .data import Split, SplitNotFound, all_tags, load_split
+from .data import Split, SplitNotFound, all_tags, load_split, single_split_source
 from .checkpoint import (
-    CheckpointError, checkpoint_path, differences, fingerprint, list_checkpoints, load_checkpoint, prune,
-    read_trainer_state, rng_state, save_checkpoint,
+    TEMPORARY_PREFIX, CheckpointError, SaveError, checkpoint_path, differences, fingerprint,
+    list_checkpoints, lock_output_dir, move_files_into, prune, remove_stale_temporaries, restore, rng_state,
+    save_checkpoint, weight_misfits, written_or_removed,
 )
-from .errors import ConfigError, NonFiniteLoss, TrainingInterrupted
+from .errors import ConfigError, DataError, NerlibError, NonFiniteLoss, TrainingInterrupted
 from .features import IGNORE_INDEX, Encoded, collate, length_grouped_batches, padding_efficiency, shuffled_batches
 from .kernels import use_cpu_training_settings
 from .labels import LabelSet, auto_label_set, multinerd_label_set
@@ -35,7 +36,7 @@ from .modeling import NERLIB_CONFIG_FILE, load_model_for_training, load_tokenize
 from .reports import build_error_report, surface_forms, write_reports
 from .runtime import (Precision, configure_threads, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
                       release_freed_memory, resolve_precision, seed_everything)
-from .scoring import score_predictions
+from .scoring import score_by_language, score_predictions
 from .tracking import check_report_to, open_run_log
 
 logger = logging.getLogger(__name__)
@@ -111,13 +112,17 @@ def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: in
     metrics = score_predictions(prepared.encoded.gold, predicted, label_set.labels, strict=strict)
     if metrics["words"] != prepared.split.num_words:  # pragma: no cover - guarded by construction
         raise RuntimeError(f"scored {metrics['words']} words of {prepared.split.num_words}")
+    per_lang = score_by_language(prepared.encoded.gold, predicted, label_set.labels,
+                                 [s.lang for s in prepared.split.sentences], strict=strict)
+    if per_lang:
+        metrics["per_lang"] = per_lang
     return metrics, predicted
 
 
 def _check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".nerlib-write-test")
+        probe = os.path.join(folder, f".nerlib-write-test-{os.getpid()}")  # its own: two runs may probe at once
         with open(probe, "w") as handle:
             handle.write("ok")
         os.remove(probe)
@@ -126,11 +131,22 @@ def _check_writable(folder: str) -> None:
 
 
 def _read_splits(config: TrainConfig) -> tuple[Split, Split | None, Split | None]:
-    train_split = load_split(config.data, "train", config.lang).head(config.max_train_samples)
+    sources = config.split_sources()
+    options = config.read_options()
+    if sources["train"] is None:
+        raise DataError("no training data: --val/--test name files, but neither --train nor --data is given")
+    if sources["train"] == config.data and single_split_source(config.data):
+        raise DataError(f"{config.data}: is one file (one split); name the files with --train FILE (and --val FILE, "
+                        f"--test FILE), or give --data a folder")
+    train_split = load_split(sources["train"], "train", config.lang, options).head(config.max_train_samples)
     optional = []
     for name in ("val", "test"):
+        if sources[name] is None:
+            logger.warning("no %s split (no --%s FILE); going on without it", name, name)
+            optional.append(None)
+            continue
         try:
-            optional.append(load_split(config.data, name, config.lang).head(config.max_eval_samples))
+            optional.append(load_split(sources[name], name, config.lang, options).head(config.max_eval_samples))
         except SplitNotFound as exc:
             logger.warning("%s; going on without it", exc)
             optional.append(None)
@@ -138,24 +154,59 @@ def _read_splits(config: TrainConfig) -> tuple[Split, Split | None, Split | None
 
 
 def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set: LabelSet) -> None:
-    """The model with `id2label`, its tokenizer, and nerlib's configuration beside them."""
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    """The model with `id2label`, its tokenizer, and nerlib's configuration beside them.
+
+    Everything is written into a temporary folder first and moved into `output_dir` once complete,
+    so a failed write leaves the model saved before (an earlier epoch's) as it was.
+
+    Raises:
+        SaveError: a file could not be written (a full disk); the temporary folder is removed.
+    """
     info = {
         "label_set": label_set.name,
         "labels": list(label_set.labels),
         "remap_multinerd": label_set.remap_multinerd,
         "config": config.to_dict(),
     }
-    with open(os.path.join(output_dir, NERLIB_CONFIG_FILE), "w", encoding="utf-8") as handle:
-        json.dump(info, handle, indent=2)
-        handle.write("\n")
+    temporary = os.path.join(output_dir, f"{TEMPORARY_PREFIX}model-{os.getpid()}")
 
+    def failed(reason: str) -> str:
+        last = list_checkpoints(output_dir)
+        return (f"{output_dir}: cannot save the model ({reason}); removed the partial {temporary}; the model saved "
+                f"before, if any, is as it was" + (f"; the last complete checkpoint is {last[-1]}" if last else ""))
+
+    with written_or_removed(temporary, failed):
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        with open(os.path.join(temporary, NERLIB_CONFIG_FILE), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+            handle.write("\n")
+        move_files_into(temporary, output_dir)
 
 
 # fp16 loss scaling halves the scale at every skipped step; this many in a row means the run is
 # not recovering (the scale has fallen by 2**25) and continuing would waste the machine.
 MAX_CONSECUTIVE_SKIPPED = 25
+
+
+def _check_finite_weights(model: torch.nn.Module, step: int, output_dir: str) -> None:
+    """Refuse to go on (and so to save) once a weight is NaN or infinite.
+
+    The loss check sees such weights only at the next step's forward pass (and never those of rows
+    no batch uses); this runs before every checkpoint and at the end of every epoch, so a model that
+    diverged is never written. One pass over the weights: cheap beside an epoch.
+
+    Raises:
+        NonFiniteLoss: naming the step and the first parameter that is not finite.
+    """
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            last = list_checkpoints(output_dir)
+            raise NonFiniteLoss(
+                f"NaN or infinite weights ({name}) after step {step}; they were not saved"
+                + (f"; the last good checkpoint is {last[-1]}" if last else "")
+                + "; try a lower --lr or --weight-decay"
+            )
 
 
 class _StopRequest:
@@ -186,9 +237,44 @@ def _graceful_stop():
             signal.signal(sig, handler)
 
 
+def _main_writes(world: distributed.World, what: str, write) -> None:
+    """Call `write()` on rank 0 only; if it fails there, every rank stops (none waits in a collective for it)."""
+    failure = None
+    if world.is_main:
+        try:
+            write()
+        except NerlibError as exc:
+            failure = exc
+    if distributed.any_true(failure is not None, world):
+        raise failure or SaveError(f"rank 0 could not {what} (its error says why)")
+
+
+@contextlib.contextmanager
+def _claim_output_dir(config: TrainConfig, world: distributed.World):
+    """Hold the output folder's lock for the whole run, and check the folder, before anything is written.
+
+    Only rank 0 writes into the folder, so only rank 0 takes the lock: the ranks of one torchrun
+    job share the folder and must not lock each other out.
+    """
+    held = []
+
+    def claim() -> None:
+        _check_writable(config.output_dir)
+        held.append(lock_output_dir(config.output_dir))
+        _prepare_output_dir(config)
+        check_report_to(config.report_to)  # rank 0 writes the run log into the folder
+
+    try:
+        _main_writes(world, "claim the output folder", claim)
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
 def _prepare_output_dir(config: TrainConfig) -> None:
-    """Check the folder can be written and does not hold another run's checkpoints by accident."""
-    _check_writable(config.output_dir)
+    """Check the folder does not hold another run's checkpoints by accident; clear what killed runs left."""
+    remove_stale_temporaries(config.output_dir)
     existing = list_checkpoints(config.output_dir)
     if existing and not (config.resume or config.overwrite):
         raise ConfigError(
@@ -243,20 +329,38 @@ def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_finge
                                   f"({'; '.join(found.skipped)}); pass --overwrite to start over")
         logger.info("--resume: no checkpoint in %s yet, starting a new run", config.output_dir)
         return None
-    saved = read_trainer_state(found.path)
+    saved = found.checkpoint.trainer_state
+    # Compare first, load second: weights of another label set or model must not even be tried.
     changed = differences(saved["config"], config.run_settings())
     changed += differences({"fingerprint": saved["fingerprint"]}, {"fingerprint": data_fingerprint})
     if changed:
         listing = "; ".join(changed)
+        unforcible = _unforcible(found.checkpoint, data_fingerprint["labels"], model)
+        if unforcible:
+            raise CheckpointError(f"{found.path}: cannot resume with a different configuration or data ({listing}), "
+                                  f"not even with --force: {unforcible}")
         if not config.force:
             raise CheckpointError(f"{found.path}: refusing to resume with a different configuration or data "
                                   f"({listing}); pass --force to resume anyway")
         logger.warning("--force: resuming although these differ: %s", listing)
-    state = load_checkpoint(found.path, model, optimizer, scheduler, scaler, rank=world.rank)
+    state = restore(found.checkpoint, model, optimizer, scheduler, scaler, rank=world.rank)
     state.setdefault("epoch_loss_words", state["epoch_words"])  # checkpoints of earlier versions
     logger.info("resuming from %s (epoch %d, %d batches into it, step %d)", found.path, state["epoch"],
                 state["batches_done"], state["global_step"])
     return state
+
+
+def _unforcible(checkpoint, labels: list[str], model) -> str | None:
+    """Why the checkpoint cannot be loaded into this run at all, whatever --force says; None if it can."""
+    saved_labels = checkpoint.trainer_state["fingerprint"].get("labels")
+    if isinstance(saved_labels, list) and len(saved_labels) != len(labels):
+        return (f"the checkpoint has {len(saved_labels)} labels and this run {len(labels)}, and a different label "
+                f"count cannot be forced; start a new run with --overwrite, or resume with the old --labels")
+    misfits = weight_misfits(checkpoint, model)
+    if misfits:
+        return (f"the checkpoint's weights do not fit this model ({'; '.join(misfits[:3])}"
+                f"{'; ...' if len(misfits) > 3 else ''})")
+    return None
 
 
 def train(config: TrainConfig) -> dict:
@@ -288,11 +392,14 @@ def train(config: TrainConfig) -> dict:
     # train.py sets this too, but a script calling nerlib.train() goes through here only.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     world = distributed.setup(config.device)
+    finished = False
     try:
-        with fp32_matmul_precision(world.device, config.tf32) as tf32:
-            return _train(config, world, tf32)
+        with _claim_output_dir(config, world), fp32_matmul_precision(world.device, config.tf32) as tf32:
+            metrics = _train(config, world, tf32)
+        finished = True
+        return metrics
     finally:
-        distributed.teardown(world)
+        distributed.teardown(world, finished)
 
 
 def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
@@ -303,10 +410,6 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # metrics.json reports this run's peak
     output_dir = config.output_dir
-    if world.is_main:
-        _prepare_output_dir(config)
-        check_report_to(config.report_to)
-    distributed.barrier(world)
 
     train_split, val_split, test_split = _read_splits(config)
     label_set = resolve_label_set(config.labels, [s for s in (train_split, val_split, test_split) if s])
@@ -360,14 +463,17 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                     global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     def checkpoint() -> str:
+        _check_finite_weights(model, state["global_step"], output_dir)
         # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
         rank_rngs = distributed.gather_to_main(rng_state(device), world)
         path = checkpoint_path(output_dir, state["global_step"])
-        if world.is_main:
+
+        def write() -> None:
             save_checkpoint(output_dir, state["global_step"], model, optimizer, scheduler, scaler, state,
                             rank_rngs if world.distributed else None)
             prune(output_dir, config.keep_checkpoints, state["best_checkpoint"])
-        distributed.barrier(world)
+
+        _main_writes(world, f"write {path}", write)
         return path
 
     done_batches = (state["epoch"] - 1) * batches_per_epoch + state["batches_done"]
@@ -479,6 +585,7 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                         bar.close()
                         raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
             state["epoch_seconds"] += time.perf_counter() - segment_started
+            _check_finite_weights(model, state["global_step"], output_dir)  # before evaluating and saving
             if device.type == "cpu":
                 release_freed_memory()  # what the steps kept for reuse, before validation and saving
             # None when the scaler skipped every step of the epoch: metrics.json holds no NaN.
@@ -508,8 +615,8 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
             improved = f1 > state["best_f1"]
             if improved:
                 state["best_f1"], state["best_epoch"] = f1, epoch
-                if world.is_main:
-                    save_model(model, tokenizer, output_dir, config, label_set)
+                _main_writes(world, "save the model",
+                             lambda: save_model(model, tokenizer, output_dir, config, label_set))
                 state["best_checkpoint"] = f"checkpoint-{state['global_step']:08d}"
             path = checkpoint()
             if distributed.any_true(stop.signal is not None, world) and epoch < config.epochs:
@@ -558,9 +665,14 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
         "output_dir": output_dir,
     }
     if world.is_main:
-        with open(os.path.join(output_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-            handle.write("\n")
+        metrics_path = os.path.join(output_dir, METRICS_FILE)
+        try:
+            with open(metrics_path, "w", encoding="utf-8") as handle:
+                json.dump(metrics, handle, indent=2)
+                handle.write("\n")
+        except OSError as exc:
+            raise SaveError(f"{metrics_path}: cannot write ({exc.strerror}); the model is saved in {output_dir}") \
+                from None
         error_report = None
         if test_data is not None:
             error_report = build_error_report(

@@ -168,3 +168,23 @@ def score_predictions(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
     gold_tags = [[labels[i] for i in ids] for ids in gold]
     pred_tags = [[labels[i] for i in ids] for ids in predicted]
     return compute_metrics(gold_tags, pred_tags, strict=strict)
+
+
+def score_by_language(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray], labels: Sequence[str],
+                      langs: Sequence[str | None], strict: bool = False) -> dict[str, dict] | None:
+    """`score_predictions` of each language's sentences, when a split holds more than one language.
+
+    Args:
+        gold, predicted, labels, strict: as for `score_predictions`.
+        langs: each sentence's language (None where the data does not say).
+
+    Returns:
+        Language -> its metrics (the keys of `compute_metrics`), sorted by language; None when
+        fewer than two languages are named.
+    """
+    named = sorted({lang for lang in langs if lang})
+    if len(named) < 2:
+        return None
+    return {lang: score_predictions([g for g, sl in zip(gold, langs) if sl == lang],
+                                    [p for p, sl in zip(predicted, langs) if sl == lang], labels, strict)
+            for lang in named}

@@ -105,6 +105,8 @@ def test_slices_of_one_sentence_worked_by_hand():
     seen = report["slices"]["seen in training"][0]
     assert (seen["precision"], seen["recall"]) == (1.0, 0.5) and seen["f1"] == pytest.approx(2 / 3)
     assert report["slices"]["seen in training"][1]["f1"] == 0.0
+    # Types with no entity on either side are left out.
+    assert report["types"] == ["PER", "ORG", "LOC"] and report["confusion"]["rows"] == ["PER", "ORG", "LOC", "spurious"]
     # Without training forms or windows those slices are left out.
     assert set(hand_built_report()["slices"]) == {"entity length (words)", "sentence length (words)"}
 

@@ -100,16 +100,17 @@ def test_bad_jsonl_names_file_and_line(tmp_path, bad_line, message):
 
 
 BAD_COLUMNS = [
-    ("Alice\tB-PER\tx\ty\n", r"train.txt:2: expected 2 tab-separated columns .* got 4"),
-    ("Alice\n", r"train.txt:2: expected 2 tab-separated columns .* got 1"),
-    ("Alice\tPERSON\n", r"train.txt:2: malformed tag 'PERSON'"),
-    ("x\tAlice\tB-PER\n", r"train.txt:2: expected a number in the index column"),
+    ("Bob\tB-PER\n", "Alice\tB-PER\tx\ty\n", r"train.txt:2: 4 columns where line 1 has 2"),
+    ("Bob\tB-PER\n", "Alice\n", r"train.txt:2: 1 column where line 1 has 2"),
+    ("Bob\tB-PER\n", "Alice\tPERSON\n", r"train.txt:2: malformed tag 'PERSON'"),
+    ("1\tBob\tB-PER\n", "x\tAlice\tB-PER\n", r"train.txt:2: expected 2 in the index column, got 'x'"),
+    ("1\tBob\tB-PER\n", "3\tAlice\tB-PER\n", r"train.txt:2: expected 2 in the index column, got '3'"),
 ]
 
 
-@pytest.mark.parametrize("bad_line, message", BAD_COLUMNS)
-def test_bad_column_lines_name_file_and_line(tmp_path, bad_line, message):
-    _write(str(tmp_path / "train.txt"), "Bob\tB-PER\n" + bad_line + "\n")
+@pytest.mark.parametrize("first_line, bad_line, message", BAD_COLUMNS)
+def test_bad_column_lines_name_file_and_line(tmp_path, first_line, bad_line, message):
+    _write(str(tmp_path / "train.txt"), first_line + bad_line + "\n")
     with pytest.raises(DataError, match=message):
         load_split(str(tmp_path), "train")
 
@@ -128,11 +129,10 @@ def test_empty_split_is_an_error(tmp_path):
 
 
 def test_missing_folder_file_and_non_data_folder(tmp_path):
-    with pytest.raises(DataError, match="no such data folder"):
+    with pytest.raises(DataError, match="no such data folder or file"):
         load_split(str(tmp_path / "nope"), "train")
-    _write(str(tmp_path / "file.txt"), "x")
-    with pytest.raises(DataError, match="is a file"):
-        load_split(str(tmp_path / "file.txt"), "train")
+    _write(str(tmp_path / "file.txt"), "x\tO\n")
+    assert load_split(str(tmp_path / "file.txt"), "test").sentences[0].tokens == ("x",)  # a file is read whole
     with pytest.raises(DataError, match="not a data folder"):
         load_split(str(tmp_path), "train")
     with pytest.raises(DataError, match="unknown split"):
@@ -148,5 +148,5 @@ def test_unknown_tag_for_label_set_lists_known_tags(column_folder):
 
 def test_hub_unreachable_says_which_flags_to_use(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"cannot load train/train_en.jsonl of nerlib-test/absent.*--data FOLDER"):
+    with pytest.raises(DataError, match=r"cannot load the train split of nerlib-test/absent.*--data FOLDER"):
         load_split("nerlib-test/absent", "train", "en")

@@ -108,10 +108,128 @@ def test_cli_bad_data_line_is_reported(tiny_encoder, tmp_path):
     result = run_cli("train.py", "--labels", "auto", "--data", folder, "--model", tiny_encoder, "--output-dir",
                   str(tmp_path / "o"), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "train.txt:" in result.stderr and "got 4" in result.stderr
+    assert "train.txt:" in result.stderr and "4 columns where line 1 has 2" in result.stderr
 
 
 def test_evaluate_cli_missing_model_folder(tmp_path):
     result = run_cli("evaluate.py", str(tmp_path / "missing"), "--data", str(tmp_path))
     assert result.returncode == 2 and "model folder does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the same sentences in every tag scheme ----------------------------------------------------
+
+def _entities_of_record(record):
+    """(type, first, end) of a fixture record's MultiNERD ids, read by hand: B- opens, I- continues."""
+    from nerlib.labels import MULTINERD_TAGS
+
+    spans = []
+    for index, tag in enumerate(MULTINERD_TAGS[i] for i in record["ner_tags"]):
+        if tag.startswith("B-"):
+            spans.append([tag[2:], index, index + 1])
+        elif tag.startswith("I-"):
+            spans[-1][2] = index + 1
+    return [tuple(s) for s in spans]
+
+
+def _adjacent_entities(count, seed):
+    """Fixture sentences where every third entity is followed directly by another of its type."""
+    from conftest import ENTITY_WORDS, make_sentences
+
+    sentences = []
+    for number, record in enumerate(make_sentences(count, seed)):
+        tokens, spans = list(record["tokens"]), _entities_of_record(record)
+        if spans and number % 3 == 0:
+            name, first, end = spans[0]
+            tokens[end:end] = [ENTITY_WORDS[name][0]]
+            spans = [(n, f + (f >= end), e + (f >= end)) for n, f, e in spans]
+            spans.insert(1, (name, end, end + 1))
+        sentences.append((tokens, spans))
+    return sentences
+
+
+def _tags(spans, length, scheme):
+    """Tags written by hand for each scheme (not by nerlib.schemes, which is what is tested)."""
+    tags = ["O"] * length
+    previous_end = {}
+    for name, first, end in spans:
+        single = end - first == 1
+        for index in range(first, end):
+            if scheme == "bio":
+                tags[index] = ("B-" if index == first else "I-") + name
+            elif scheme == "iob1":
+                tags[index] = ("B-" if index == first and previous_end.get(name) == first else "I-") + name
+            else:
+                unit, last = ("S", "E") if scheme == "bioes" else ("U", "L")
+                prefix = unit if single else "B" if index == first else last if index == end - 1 else "I"
+                tags[index] = f"{prefix}-{name}"
+        previous_end[name] = end
+    return tags
+
+
+def _write_scheme_file(path, sentences, scheme):
+    with open(path, "w", encoding="utf-8") as handle:
+        for number, (tokens, spans) in enumerate(sentences):
+            tags = _tags(spans, len(tokens), scheme)
+            if scheme == "iob1":  # CoNLL-2003's four columns, documents of ten sentences
+                if number % 10 == 0:
+                    handle.write("-DOCSTART- -X- -X- O\n\n")
+                handle.writelines(f"{token} NN O {tag}\n" for token, tag in zip(tokens, tags))
+            else:
+                handle.writelines(f"{token}\t{tag}\n" for token, tag in zip(tokens, tags))
+            handle.write("\n")
+    return str(path)
+
+
+SCHEME_FILES = {"bio": "train.tsv", "iob1": "eng.train", "bioes": "train.bioes", "bilou": "train.bilou"}
+
+
+def test_the_same_sentences_in_any_scheme_train_bit_identically(tiny_encoder, tmp_path):
+    train, val = _adjacent_entities(48, 1), _adjacent_entities(12, 2)
+    assert any(tag.startswith("B-") for t, s in train for tag in _tags(s, len(t), "iob1")), "IOB1 must use B- somewhere"
+    weights, val_metrics = {}, {}
+    for scheme, name in SCHEME_FILES.items():
+        folder = tmp_path / scheme
+        folder.mkdir()
+        train_file = _write_scheme_file(folder / name, train, scheme)
+        val_file = _write_scheme_file(folder / ("eng.testa" if scheme == "iob1" else f"val.{scheme}"), val, scheme)
+        metrics = nerlib.train(tiny_config(None, tiny_encoder, tmp_path / f"run-{scheme}", labels="auto", epochs=2, lr=2e-2,
+                                           train_file=train_file, val_file=val_file))
+        weights[scheme] = load_file(str(tmp_path / f"run-{scheme}" / "model.safetensors"))
+        val_metrics[scheme] = metrics["val"]
+    for scheme in ("iob1", "bioes", "bilou"):
+        assert weights[scheme].keys() == weights["bio"].keys()
+        assert all(torch.equal(weights[scheme][k], weights["bio"][k]) for k in weights["bio"]), scheme
+        assert val_metrics[scheme] == val_metrics["bio"], scheme
+    # evaluate.py on data in another scheme scores the same entity spans.
+    scores = {scheme: nerlib.evaluate(str(tmp_path / "run-bio"), data=str(tmp_path / scheme), split="val")
+              for scheme in SCHEME_FILES}
+    for scheme in ("iob1", "bioes", "bilou"):
+        assert {k: scores[scheme][k] for k in ("f1", "precision", "recall", "per_type", "words")} == \
+               {k: scores["bio"][k] for k in ("f1", "precision", "recall", "per_type", "words")}, scheme
+    assert scores["bio"]["f1"] == val_metrics["bio"]["f1"] > 0
+
+
+def test_lang_all_reports_metrics_per_language(hub_folder, tiny_encoder, tmp_path):
+    from seqeval.metrics import f1_score
+
+    from nerlib.data import load_split
+
+    metrics = nerlib.train(tiny_config(hub_folder, tiny_encoder, tmp_path / "run", lang="all", epochs=1))
+    per_lang = metrics["test"]["per_lang"]
+    assert sorted(per_lang) == ["de", "en"]
+    from nerlib.cli import metrics_tables
+
+    printed = metrics_tables(metrics["test"], "test")
+    assert "test, language de" in printed and "test, language en" in printed
+    assert per_lang["en"]["words"] + per_lang["de"]["words"] == metrics["test"]["words"]
+    predictions = tmp_path / "p.jsonl"
+    scored = nerlib.evaluate(str(tmp_path / "run"), predictions_out=str(predictions))
+    for lang in ("de", "en"):
+        for key in ("precision", "recall", "f1", "accuracy", "words"):
+            assert scored["per_lang"][lang][key] == pytest.approx(per_lang[lang][key]), (lang, key)
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    langs = [s.lang for s in load_split(hub_folder, "test", "all").sentences]
+    for lang in ("de", "en"):
+        mine = [r for r, sentence_lang in zip(rows, langs) if sentence_lang == lang]
+        assert f1_score([r["gold"] for r in mine], [r["pred"] for r in mine]) == pytest.approx(per_lang[lang]["f1"])

@@ -25,6 +25,7 @@ from nerlib.tracking import FileRunLog, RunLog, open_run_log
 from conftest import write_hub_folder
 
 EPOCHS, BATCH = 4, 16
+REPORT_SENTENCES = 6
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def cli_report(tracked_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli-report")
     html_path, json_path = folder / "report.html", folder / "report.json"
     assert run(evaluate_main, [tracked_run.model_dir, "--device", "cpu", "--report", str(html_path),
-                               "--report-json", str(json_path)]) == 0
+                               "--report-json", str(json_path), "--report-sentences", str(REPORT_SENTENCES)]) == 0
     return SimpleNamespace(html=html_path, report=read_json(json_path))
 
 
@@ -69,7 +70,8 @@ def test_report_figures_equal_evaluate_to_every_decimal(tracked_run, cli_report,
     assert report["scores"]["lenient"] == {key: printed[key] for key in SCORE_KEYS}
     assert report["scores"]["strict"] == printed["strict"]
     # The library function gives the same figures; training's report.json has the run's test scores.
-    assert json.loads(json.dumps(nerlib.evaluation.error_report(tracked_run.model_dir, device="cpu"))) == report
+    library = nerlib.evaluation.error_report(tracked_run.model_dir, top=REPORT_SENTENCES, device="cpu")
+    assert json.loads(json.dumps(library)) == report
     trained = read_json(os.path.join(tracked_run.model_dir, "report.json"))
     assert trained["scores"]["lenient"] == {key: tracked_run.metrics["test"][key] for key in SCORE_KEYS}
     assert trained["outcomes"] == report["outcomes"] and trained["slices"] == report["slices"]
@@ -185,7 +187,9 @@ def test_report_opens_in_a_browser_with_tables_and_highlighted_entities(cli_repo
     assert [t.attrs["data-slice"] for t in dom.all("table", "slice")] == list(report["slices"])
     # The worst sentences, each with its gold and predicted entities highlighted, coloured by type.
     sentences = dom.all("div", "sentence")
-    assert len(sentences) == len(report["worst_sentences"]) > 0
+    assert len(sentences) == len(report["worst_sentences"]) == min(REPORT_SENTENCES, report["sentences_with_errors"])
+    assert [s["errors"] for s in report["worst_sentences"]] == sorted((s["errors"] for s in report["worst_sentences"]),
+                                                                      reverse=True)
     for node, sentence in zip(sentences, report["worst_sentences"]):
         tokens = sentence["tokens"]
         for side in ("gold", "pred"):
