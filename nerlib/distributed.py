@@ -132,7 +132,9 @@ def setup(device_name: str = "auto") -> World:
         # group's sockets and threads would be torn down during interpreter shutdown, racing with
         # it and with the other ranks (the SIGABRT at exit of docs/distributed.md). Imported now,
         # it binds None, and `teardown` really frees the group.
-        import torch.distributed.nn  # noqa: F401
+        # (Imported under another name: `import torch.distributed.nn` would make `torch` a local
+        # variable of this function, unbound where `torch.cuda.set_device` runs above.)
+        import torch.distributed.nn as _bind_no_group  # noqa: F401
 
         if device.type == "cuda":
             # device_id binds the NCCL communicator to this rank's GPU at once (no guessing later).
