@@ -377,10 +377,15 @@ def agree_on_checkpoint(output_dir: str, world: World) -> Found:
         return find_resumable(output_dir)
     choice = None
     if world.is_main:
-        mine = find_resumable(output_dir)
-        # Only the name travels: every rank reads the states from its own copy.
-        choice = (mine.path, mine.skipped, manifest_digest(mine.path) if mine.path else None)
-    path, skipped, digest = broadcast_from_main(choice, world)
+        try:
+            mine = find_resumable(output_dir)
+            # Only the name travels: every rank reads the states from its own copy.
+            choice = (mine.path, mine.skipped, manifest_digest(mine.path) if mine.path else None, None)
+        except CheckpointError as exc:  # the other ranks wait for rank 0's choice: they must hear of it
+            choice = (None, (), None, str(exc))
+    path, skipped, digest, error = broadcast_from_main(choice, world)
+    if error:
+        raise CheckpointError(error)
     if path is None:
         return Found(None, skipped)
     name = os.path.basename(path)
