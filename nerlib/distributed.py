@@ -132,7 +132,9 @@ def setup(device_name: str = "auto") -> World:
         # group's sockets and threads would be torn down during interpreter shutdown, racing with
         # it and with the other ranks (the SIGABRT at exit of docs/distributed.md). Imported now,
         # it binds None, and `teardown` really frees the group.
-        import torch.distributed.nn  # noqa: F401
+        # (Imported under another name: `import torch.distributed.nn` would make `torch` a local
+        # variable of this function, unbound where `torch.cuda.set_device` runs above.)
+        import torch.distributed.nn as _bind_no_group  # noqa: F401
 
         if device.type == "cuda":
             # device_id binds the NCCL communicator to this rank's GPU at once (no guessing later).
@@ -375,10 +377,15 @@ def agree_on_checkpoint(output_dir: str, world: World) -> Found:
         return find_resumable(output_dir)
     choice = None
     if world.is_main:
-        mine = find_resumable(output_dir)
-        # Only the name travels: every rank reads the states from its own copy.
-        choice = (mine.path, mine.skipped, manifest_digest(mine.path) if mine.path else None)
-    path, skipped, digest = broadcast_from_main(choice, world)
+        try:
+            mine = find_resumable(output_dir)
+            # Only the name travels: every rank reads the states from its own copy.
+            choice = (mine.path, mine.skipped, manifest_digest(mine.path) if mine.path else None, None)
+        except CheckpointError as exc:  # the other ranks wait for rank 0's choice: they must hear of it
+            choice = (None, (), None, str(exc))
+    path, skipped, digest, error = broadcast_from_main(choice, world)
+    if error:
+        raise CheckpointError(error)
     if path is None:
         return Found(None, skipped)
     name = os.path.basename(path)

@@ -468,20 +468,25 @@ def test_more_ranks_on_a_machine_than_gpus_is_refused(fake_process_group, monkey
 
 # --- resuming without a shared file system: rank 0 chooses, every rank must hold the same ----------
 
-def _tiny_checkpoint(output_dir, step: int, seed: int) -> str:
+def _tiny_checkpoint(output_dir, step: int, seed: int, whole_state: bool = True) -> str:
     from nerlib.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0)
-    state = {"epoch": 1, "batches_done": 1, "global_step": step, "best_f1": -1.0, "best_epoch": 0, "history": [],
+    state = {"epoch": 1, "batches_done": 1, "global_step": step, "best_f1": -1.0, "best_epoch": 0,
+             "best_checkpoint": None, "history": [], "epoch_loss": 0.0, "epoch_loss_words": 0, "epoch_words": 0,
+             "epoch_seconds": 0.0, "train_words": 0, "train_seconds": 0.0, "skipped_steps": 0, "loss_by_step": [],
              "config": {}, "fingerprint": {}}
+    if not whole_state:
+        del state["loss_by_step"]  # a complete checkpoint (its manifest matches) that cannot be resumed
     return save_checkpoint(str(output_dir), step, model, optimizer, scheduler,
                            torch.amp.GradScaler("cpu", enabled=False), state)
 
 
-AGREE_SCENARIOS = ("missing", "different", "corrupt", "same", "none-on-rank-0", "train", "collectives")
+AGREE_SCENARIOS = ("missing", "different", "corrupt", "same", "none-on-rank-0", "unusable-on-rank-0", "train",
+                   "collectives")
 
 
 def _agree_worker(rank: int, world_size: int, port: int, base: str, train_options: dict) -> None:
@@ -492,7 +497,7 @@ def _agree_worker(rank: int, world_size: int, port: int, base: str, train_option
                       MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
     torch.set_num_threads(1)
     world = setup("cpu")
-    results = {}
+    results, finished = {}, False
     try:
         for name in AGREE_SCENARIOS:
             # Each rank's own output folder: ranks on machines that share no file system.
@@ -502,27 +507,33 @@ def _agree_worker(rank: int, world_size: int, port: int, base: str, train_option
                     train(TrainConfig(output_dir=folder, resume=True, **train_options))
                     results[name] = {"trained": True}
                 elif name == "collectives":
-                    # A fresh run, counting the collectives the loop starts (DDP's own gradient
-                    # all-reduce runs inside its C++ reducer and is not among them).
-                    reduced = []
+                    # Fresh runs of 32 and 64 sentences, counting the all-reduces nerlib starts (DDP's
+                    # own gradient all-reduce runs inside its C++ reducer and is not among them): the
+                    # difference is what the extra steps cost, whatever a run does once or an epoch.
                     original = torch.distributed.all_reduce
+                    for sentences in (32, 64):
+                        reduced = []
 
-                    def counted(tensor, *args, **kwargs):
-                        reduced.append(tensor.numel())
-                        return original(tensor, *args, **kwargs)
+                        def counted(tensor, *args, **kwargs):
+                            reduced.append(tensor.numel())
+                            return original(tensor, *args, **kwargs)
 
-                    torch.distributed.all_reduce = counted
-                    try:
-                        metrics = train(TrainConfig(output_dir=folder, max_train_samples=32, **train_options))
-                    finally:
-                        torch.distributed.all_reduce = original
-                    results[name] = {"all_reduce": len(reduced), "steps": len(metrics["train_loss_by_step"])}
+                        torch.distributed.all_reduce = counted
+                        try:
+                            metrics = train(TrainConfig(output_dir=os.path.join(folder, str(sentences)),
+                                                        max_train_samples=sentences, **train_options))
+                        finally:
+                            torch.distributed.all_reduce = original
+                        results[f"{name}-{sentences}"] = {"all_reduce": len(reduced),
+                                                          "steps": len(metrics["train_loss_by_step"])}
+                    results[name] = {}
                 else:
                     results[name] = {"path": agree_on_checkpoint(folder, world).path}
             except CheckpointError as exc:
                 results[name] = {"error": str(exc)}
+        finished = True
     finally:
-        teardown(world)
+        teardown(world, finished)
     with open(os.path.join(base, f"results.{rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle)
 
@@ -552,9 +563,11 @@ def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint
     truncated.write_bytes(truncated.read_bytes()[:50])
     place("same", 1, chosen)
     place("none-on-rank-0", 1, chosen)
+    unusable = _tiny_checkpoint(tmp_path / "unusable-on-rank-0" / "rank0", 3, seed=0, whole_state=False)
+    shutil.copytree(unusable, tmp_path / "unusable-on-rank-0" / "rank1" / "checkpoints" / name)
 
     # Training data only: the runs have no evaluation to spend time on.
-    data = write_hub_folder(tmp_path / "data", sizes=(32, 1, 1), seed=5)
+    data = write_hub_folder(tmp_path / "data", sizes=(64, 1, 1), seed=5)
     shutil.rmtree(os.path.join(data, "val"))
     shutil.rmtree(os.path.join(data, "test"))
     options = dict(labels="five", data=data, model=tiny_encoder, epochs=1, batch_size=4, max_length=16,
@@ -570,17 +583,25 @@ def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint
     results = [json.loads((tmp_path / f"results.{rank}.json").read_text()) for rank in range(2)]
 
     for scenario, why in (("missing", "missing"), ("different", "a different checkpoint of the same step"),
-                          ("corrupt", "model.safetensors does not match its recorded size and checksum"),
+                          ("corrupt", "model.safetensors: does not match its recorded size and checksum"),
                           ("train", "missing")):
         errors = [result[scenario].get("error") for result in results]
         assert errors[0] == errors[1], scenario  # both ranks refuse, with the same line
         assert errors[0] is not None and "\n" not in errors[0], (scenario, results)
-        assert errors[0].startswith(f"{name}: rank 0 resumes from this checkpoint, which rank 1 ({why}) lack(s)")
+        assert errors[0].startswith(f"{name}: rank 0 resumes from this checkpoint, which rank 1 (")
+        assert f"{why}) lack(s) in their --output-dir" in errors[0], errors[0]
+    # Rank 0 cannot use its own choice: every rank hears why (and none waits for rank 0 forever).
+    errors = [result["unusable-on-rank-0"].get("error") for result in results]
+    assert errors[0] == errors[1] and errors[0].endswith(
+        f"{name}: trainer_state.json is missing loss_by_step, which the resume needs"), errors
     for rank in range(2):
         assert results[rank]["same"]["path"] == str(tmp_path / "same" / f"rank{rank}" / "checkpoints" / name)
         assert results[rank]["none-on-rank-0"]["path"] is None  # rank 0 has none: every rank starts afresh
-        # One collective a step (the step's loss, overflow and stop votes), one more at the epoch's end.
-        assert results[rank]["collectives"] == {"all_reduce": 4 + 1, "steps": 4}  # 32 sentences / (4 x 2 ranks)
+        # One collective a step (the step's loss, overflow and stop votes): 32 more sentences are
+        # 4 more steps of 4 windows on each of 2 ranks, and cost 4 more all-reduces.
+        fewer, more = results[rank]["collectives-32"], results[rank]["collectives-64"]
+        assert (fewer["steps"], more["steps"]) == (4, 8)
+        assert more["all_reduce"] - fewer["all_reduce"] == 4, (fewer, more)
 
 
 def test_each_rank_predicts_only_its_share_of_the_windows(tmp_path, tiny_encoder, tiny_tokenizer):
