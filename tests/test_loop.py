@@ -189,8 +189,10 @@ def test_a_changed_configuration_is_refused_before_any_state_is_restored(train_o
     def restored(*args, **kwargs):
         raise AssertionError("a state was restored before the configuration was compared")
 
+    # Reading the files (torch.load with weights_only) is how a damaged checkpoint is found before
+    # one is chosen; restoring is putting weights into the model and states into the generators.
     monkeypatch.setattr(nerlib.checkpoint, "set_rng_state", restored)
-    monkeypatch.setattr(nerlib.checkpoint.torch, "load", restored)
+    monkeypatch.setattr(nerlib.checkpoint, "load_safetensors", restored)
     changed = TrainConfig(**{**config.to_dict(), "lr": 1e-3, "resume": True})
     with pytest.raises(CheckpointError, match=r"refusing to resume .*lr: 2e-05 -> 0\.001"):
         nerlib.train(changed)
