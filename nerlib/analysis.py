@@ -209,7 +209,8 @@ def analyse(
         train_forms: surface forms of the training split's gold entities
             (`training_surface_forms`); None leaves out the seen/unseen slice.
         windows: how many windows each sentence was cut into; None leaves out that slice.
-        sources: `(file, line)` of each sentence, for the worst sentences.
+        sources: `(file, line)` of each sentence, for the worst sentences, or `(file, line, where)`
+            with how to show it (`Sentence.locate()`: `file:line`, or `file row N` in tables).
         top: how many of the sentences with the most errors to list.
 
     Returns:
@@ -270,7 +271,10 @@ def analyse(
     for i in worst:
         gold_spans = [list(span) for span in entity_spans(gold_tags[i])]
         pred_spans = [list(span) for span in entity_spans(pred_tags[i])]
-        source = {"file": sources[i][0], "line": sources[i][1]} if sources is not None else None
+        source = None
+        if sources is not None:
+            file, line = sources[i][:2]
+            source = {"file": file, "line": line, "where": sources[i][2] if len(sources[i]) > 2 else f"{file}:{line}"}
         worst_sentences.append({"index": i, "source": source, "tokens": list(tokens[i]), "gold": gold_spans,
                           "pred": pred_spans, "errors": errors[i],
                           "outcomes": [o.to_dict() for o in per_sentence[i]]})

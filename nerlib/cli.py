@@ -10,26 +10,37 @@ import os
 import sys
 from typing import Callable
 
-from .config import add_config_arguments, config_from_args
+from .config import BACKENDS, ServeConfig, add_config_arguments, check_numbers, config_from_args
 from .convert import WRITERS, convert
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
-from .evaluation import evaluate, format_table
+from .evaluation import evaluate, format_table, json_line, prepare_output_file
+from .export import export, format_parity
 from .formats import ON_OVERLAP, ReadOptions
 from .html_report import entity_page_head, entity_page_tail, entity_page_text
 from .loop import train
 from .prediction import predict_stream, read_texts
 from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
 from .schemes import SCHEME_CHOICES
+from .serve import serve
 from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+STDOUT = "standard output"
+
+
+class OutputClosed(Exception):
+    """The reader of standard output went away (`| head -1`): the program stops quietly."""
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a CLI's main: a user error becomes one line on stderr and exit code 2, never a traceback."""
+    """Run a CLI's main: a user error becomes one line on stderr and exit code 2, never a traceback.
+
+    A closed standard output (a pipe whose reader stopped) ends the program quietly with exit code
+    0, as Unix tools stop; any other error writing it (a full disk) is a user error.
+    """
     # Under torchrun only rank 0 reports progress; the other ranks speak up for warnings and errors.
     rank = env_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -42,7 +53,11 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     hf_logging.disable_progress_bar()  # weight-loading and shard-writing bars drown the training bar
     prog = os.path.basename(sys.argv[0]) or "nerlib"
     try:
-        return main(argv)
+        code = main(argv)
+        write(sys.stdout, STDOUT, flush=True)  # what is still buffered fails here, not at the interpreter's exit
+        return code
+    except OutputClosed:
+        return 0
     except NerlibError as exc:
         kind = "stopped" if isinstance(exc, TrainingStopped) else "error"
         print(f"{prog}: {kind}: {exc}", file=sys.stderr)
@@ -50,6 +65,46 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def write(stream, name: str, text: str = "", flush: bool = False) -> None:
+    """Write to an output stream, turning its errors into user errors.
+
+    Args:
+        stream: an open text stream (standard output, or a file the user named).
+        name: what to call it in an error message.
+        text: what to write.
+        flush: flush the stream too.
+
+    Raises:
+        OutputClosed: standard output is a pipe whose reader went away.
+        ConfigError: any other write error (a full disk), naming the stream.
+    """
+    try:
+        stream.write(text)
+        if flush:
+            stream.flush()
+    except OSError as exc:
+        if stream is sys.stdout:
+            _discard_stdout()
+            if isinstance(exc, BrokenPipeError):
+                raise OutputClosed from None
+        raise ConfigError(f"{name}: cannot write ({exc.strerror or exc})") from None
+
+
+def _discard_stdout() -> None:
+    """Point standard output at the null device, so what is still buffered cannot fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a captured stream): nothing to flush at exit
+        pass
+
+
+def say(*lines: str) -> None:
+    """Print lines on standard output (see `write` for its errors)."""
+    write(sys.stdout, STDOUT, "".join(line + "\n" for line in lines))
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -61,12 +116,12 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     if metrics["test"] is not None:
         test = metrics["test"]
-        print(metrics_tables(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
-        print(f"scored {test['words']} of {metrics['test_words_in_split']} test words")
+        say(metrics_tables(test, title=f"test ({metrics['label_set']}, best epoch {metrics['best_epoch']})"),
+            f"scored {test['words']} of {metrics['test_words_in_split']} test words")
     elif metrics["val"] is not None:
-        print(metrics_tables(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
-    print(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s")
-    print(saved_summary(metrics))
+        say(metrics_tables(metrics["val"], title=f"val ({metrics['label_set']}, best epoch {metrics['best_epoch']})"))
+    say(f"training: {metrics['train_words_per_s']:.0f} words/s; wall time {metrics['wall_time_s']:.0f} s",
+        saved_summary(metrics))
     return 0
 
 
@@ -142,14 +197,18 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-json", metavar="FILE", help="write the error report's figures to FILE.json")
     parser.add_argument("--report-sentences", type=int, default=100, metavar="N",
                         help="sentences with the most errors listed in the report (default: 100)")
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
+    check_numbers(batch_size=args.batch_size, max_length=args.max_length, max_samples=args.max_samples,
+                  token_column=args.token_column, tag_column=args.tag_column, report_sentences=args.report_sentences)
     if args.table_out:
         table_format(args.table_out)  # a bad extension fails now, not after the evaluation
+        prepare_output_file(args.table_out)
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
                    predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir,
                    tag_scheme=args.tag_scheme, token_column=args.token_column, tag_column=args.tag_column,
-                   on_overlap=args.on_overlap)
+                   on_overlap=args.on_overlap, backend=args.backend, int8=args.int8)
     metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, report_out=args.report,
                        report_json_out=args.report_json, report_sentences=args.report_sentences, **options)
     if args.table_out:
@@ -159,13 +218,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     if args.json:
         if strict is not None:
             metrics["strict"] = {k: strict[k] for k in ("precision", "recall", "f1", "accuracy", "words", "per_type")}
-        print(json.dumps(metrics, indent=2))
+        say(json.dumps(metrics, indent=2))
         return 0
-    print(metrics_tables(metrics, title=f"{metrics['split']} split of {metrics['data']}"))
-    print(f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences")
+    scored = f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences"
+    if metrics["sentences"] < metrics["sentences_in_split"]:
+        scored += f" (the first {metrics['sentences']} of the split's {metrics['sentences_in_split']}: --max-samples)"
+    say(metrics_tables(metrics, title=f"{metrics['split']} split of {metrics['data']}"), scored)
     if strict is not None:
-        print()
-        print(format_table(strict, title="strict IOB2"))
+        say("", format_table(strict, title="strict IOB2"))
     return 0
 
 
@@ -186,9 +246,14 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
     parser.add_argument("--html", metavar="FILE", help="also write the texts with their entities highlighted to FILE.html")
+    add_backend_arguments(parser)
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after the texts
+    check_numbers(batch_size=args.batch_size, max_length=args.max_length)
     if args.texts and (args.file or args.document):
         raise ConfigError("give texts as arguments or read them with --file / --document, not both")
+    for path in (args.output, args.html):
+        if path:
+            prepare_output_file(path)
     count = 0
     with contextlib.ExitStack() as stack:
         if args.texts:
@@ -199,23 +264,99 @@ def predict_main(argv: list[str] | None = None) -> int:
             if sys.stdin.isatty():
                 logger.info("reading texts from standard input, one a line (end with Ctrl-D)")
             texts = read_texts(sys.stdin.buffer, "<stdin>", args.document)
-        out = stack.enter_context(_open(args.output, "w", "write")) if args.output else sys.stdout
-        page = stack.enter_context(_open(args.html, "w", "write")) if args.html else None
+        out = stack.enter_context(_output_file(args.output)) if args.output else sys.stdout
+        name = args.output or STDOUT
+        page = stack.enter_context(_output_file(args.html)) if args.html else None
         if page:
-            page.write(entity_page_head(f"Entities found by {display_name(args.model_dir)}"))
+            write(page, args.html, entity_page_head(f"Entities found by {display_name(args.model_dir)}"))
         types: dict[str, None] = {}
         for text, entities in predict_stream(args.model_dir, texts, args.batch_size, args.max_length, args.device,
-                                             args.amp):
-            out.write(json.dumps({"text": text, "entities": [e.to_dict() for e in entities]}, ensure_ascii=False) + "\n")
+                                             args.amp, backend=args.backend, int8=args.int8):
+            write(out, name, json_line({"text": text, "entities": [e.to_dict() for e in entities]}))
             count += 1
             if page:
-                page.write(entity_page_text(count, text, entities))
+                write(page, args.html, entity_page_text(count, text, entities))
                 types.update(dict.fromkeys(e.type for e in entities))
-        out.flush()
         if page:
-            page.write(entity_page_tail(types))
+            write(page, args.html, entity_page_tail(types))
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
     return 0
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and --int8: how a model folder is run."""
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="torch, or onnx for a folder written by `nerlib export --onnx` (ONNX Runtime on the CPU); "
+                             "auto: onnx for an exported folder (default: auto)")
+    parser.add_argument("--int8", action="store_true", help="with the onnx backend, the int8 model of the folder")
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nerlib export",
+        description="Export a trained model folder to ONNX (and int8) with the tokenizer and nerlib's configuration, "
+                    "so the new folder alone predicts; then check that it predicts what PyTorch predicts.")
+    parser.add_argument("model_dir", help="folder written by train.py")
+    parser.add_argument("output_dir", help="the folder to write (must not exist or be empty, unless --overwrite)")
+    parser.add_argument("--onnx", action="store_true", help="export to ONNX (model.onnx), the one format so far")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write model_int8.onnx, its weights dynamically quantised to int8 (ONNX Runtime)")
+    parser.add_argument("--parity-texts", metavar="FILE",
+                        help="check parity on these texts, one a line (default: a data split)")
+    parser.add_argument("--parity-data", metavar="SOURCE",
+                        help="data source of the parity split (default: the model's training data)")
+    parser.add_argument("--parity-split", default="test", help="split of the parity check (default: test)")
+    parser.add_argument("--parity-samples", type=int, metavar="N", help="check on the first N sentences only")
+    parser.add_argument("--lang", help="language of hub-layout files (default: the training language)")
+    parser.add_argument("--max-f1-drop", type=float, default=0.5,
+                        help="most F1 points the int8 model may lose against PyTorch on a split (default: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per batch in the check (default: 64)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    if not args.onnx:
+        raise ConfigError("choose the format to export to: --onnx")
+    check_numbers(parity_samples=args.parity_samples, max_f1_drop=args.max_f1_drop, batch_size=args.batch_size)
+    texts = None
+    if args.parity_texts:
+        with _open(args.parity_texts, "rb", "read") as handle:
+            texts = [text for text in read_texts(handle, args.parity_texts, False) if text.strip()]
+        if not texts:
+            raise ConfigError(f"{args.parity_texts}: no texts to check parity on")
+    report = export(args.model_dir, args.output_dir, int8=args.int8, parity_texts=texts, parity_data=args.parity_data,
+                    parity_split=args.parity_split, parity_samples=args.parity_samples, lang=args.lang,
+                    max_f1_drop=args.max_f1_drop, batch_size=args.batch_size, overwrite=args.overwrite)
+    print(format_parity(report["parity"]))
+    print(f"wrote {', '.join(report['files'])}, the tokenizer and configuration to {report['output_dir']} "
+          f"in {report['seconds']:.0f} s")
+    return 0
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nerlib serve",
+        description="Serve a model folder over HTTP: POST /predict, GET /health, GET /labels, a page at /, the "
+                    "OpenAPI schema at /openapi.json. Needs: pip install 'nerlib[serve]'.")
+    parser.add_argument("model_dir", help="folder written by train.py or by `nerlib export --onnx`")
+    add_config_arguments(parser, ServeConfig)
+    args = parser.parse_args(argv)
+    serve(args.model_dir, config_from_args(args, ServeConfig))
+    return 0
+
+
+@contextlib.contextmanager
+def _output_file(path: str):
+    """An output file whose write errors, closing included, are one line (see `write`)."""
+    handle = _open(path, "w", "write")
+    try:
+        yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):
+            handle.close()  # its buffer holds what could not be written; that error is on its way up
+        raise
+    try:
+        handle.close()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def convert_main(argv: list[str] | None = None) -> int:
@@ -232,7 +373,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     options = ReadOptions(args.tag_scheme, args.token_column, args.tag_column, args.on_overlap)
     written = convert(args.input, args.output, args.to, args.lang, options, args.overwrite)
     for split, paths in written.items():
-        print(f"{split}: {', '.join(paths)}")
+        say(f"{split}: {', '.join(paths)}")
     return 0
 
 

@@ -1,6 +1,6 @@
-"""TrainConfig: every training option, its default and its help, in one frozen dataclass.
+"""TrainConfig and ServeConfig: every option of training and of `nerlib serve`, its default and its help.
 
-`train.py` derives its flags from the fields, so a default is written once, here.
+`train.py` and `nerlib serve` derive their flags from the fields, so a default is written once, here.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 
@@ -17,9 +19,115 @@ from .formats import ON_OVERLAP
 from .schemes import SCHEME_CHOICES
 
 
+# How a saved model folder is run: PyTorch, or ONNX Runtime for a folder written by `nerlib export --onnx`.
+BACKENDS = ("auto", "torch", "onnx")
+
 # Fields that steer how a run is carried out, not what it computes: they may change on resume.
 RUN_CONTROL = frozenset({"output_dir", "progress", "num_threads", "save_steps", "keep_checkpoints", "resume",
                          "overwrite", "force", "eval_batch_size", "cache", "cache_dir", "report_to"})
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    """The values a numeric option accepts: a finite number (a whole one when `integer`) in a range."""
+
+    minimum: float
+    maximum: float = math.inf
+    integer: bool = True
+    minimum_allowed: bool = True   # False: the minimum itself is refused (a learning rate of 0)
+    maximum_allowed: bool = True   # False: the maximum itself is refused (a warmup ratio of 1)
+
+    def problem(self, flag: str, value) -> str | None:
+        """What is wrong with `value` for `flag`, or None when it is accepted."""
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not (whole or (not self.integer and isinstance(value, numbers.Real) and not isinstance(value, bool))):
+            return f"{flag} must be a {'whole ' if self.integer else ''}number, got {value!r}"
+        if not math.isfinite(value):
+            return f"{flag} must be a finite number, got {value}"
+        above = value >= self.minimum if self.minimum_allowed else value > self.minimum
+        below = value <= self.maximum if self.maximum_allowed else value < self.maximum
+        if above and below:
+            return None
+        low, high = _plain(self.minimum), _plain(self.maximum)
+        if math.isinf(self.maximum):
+            bound = f"at least {low}" if self.minimum_allowed else f"greater than {low}"
+        else:
+            bound = f"in {'[' if self.minimum_allowed else '('}{low}, {high}{']' if self.maximum_allowed else ')'}"
+        return f"{flag} must be {bound}, got {value}"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+# The smallest window: one sub-token beside the two special tokens ([CLS] and [SEP]) most encoders add.
+# A tokenizer that adds more is refused when the split is encoded, with the size it needs.
+MIN_MAX_LENGTH = 3
+
+_COUNT = NumberRule(1)
+
+# Every numeric option of train.py (TrainConfig), evaluate.py, `python -m nerlib predict` and `nerlib serve`, checked
+# here and nowhere else. None always means "not set" and is accepted.
+NUMBER_RULES: dict[str, NumberRule] = {
+    "epochs": _COUNT,
+    "batch_size": _COUNT,
+    "eval_batch_size": _COUNT,
+    "grad_accum": _COUNT,
+    "max_train_samples": _COUNT,
+    "max_eval_samples": _COUNT,
+    "max_samples": _COUNT,
+    "num_threads": NumberRule(1, 1024),  # torch takes a 32-bit count; 1024 is more cores than machines have
+    "save_steps": _COUNT,
+    "keep_checkpoints": _COUNT,
+    "token_column": _COUNT,   # columns count from 1 (formats.ReadOptions checks them for the readers too)
+    "tag_column": _COUNT,
+    "report_sentences": NumberRule(0),
+    "max_length": NumberRule(MIN_MAX_LENGTH),
+    "seed": NumberRule(0, 2**32 - 1),   # what NumPy's generator accepts
+    "lr": NumberRule(0, integer=False, minimum_allowed=False),
+    "weight_decay": NumberRule(0, integer=False),
+    "warmup_ratio": NumberRule(0, 1, integer=False, maximum_allowed=False),
+    "max_grad_norm": NumberRule(0, integer=False),
+    # nerlib export
+    "parity_samples": _COUNT,
+    "max_f1_drop": NumberRule(0, integer=False),
+    # nerlib serve (ServeConfig)
+    "port": NumberRule(0, 65535),
+    "batch_wait_ms": NumberRule(0, integer=False),
+    "max_batch_texts": _COUNT,
+    "max_body_bytes": _COUNT,
+    "max_texts": _COUNT,
+    "max_chars": _COUNT,
+}
+
+
+def number_problems(values: dict) -> list[str]:
+    """What is wrong with some numeric options, one phrase each naming the flag.
+
+    Args:
+        values: option name (a key of `NUMBER_RULES`, e.g. `max_length`) -> value; None is not set.
+
+    Returns:
+        The problems, in the order of `values`; empty when every value is accepted.
+    """
+    problems = []
+    for name, value in values.items():
+        if value is not None:
+            problem = NUMBER_RULES[name].problem("--" + name.replace("_", "-"), value)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def check_numbers(**values) -> None:
+    """Refuse bad numeric options before anything is loaded: `check_numbers(batch_size=0)`.
+
+    Raises:
+        ConfigError: every problem, in one line.
+    """
+    problems = number_problems(values)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _opt(default, help: str, **extra):
@@ -36,17 +144,19 @@ class TrainConfig:
                                           "(train.txt, dev.conll, test.jsonl, eng.train, ...), or a "
                                           "datasets.save_to_disk folder")
     train_file: typing.Optional[str] = _opt(None, "the training file (any format nerlib reads), instead of the train "
-                                                  "split of --data", flag="--train")
+                                                  "split of --data", flag="--train", metavar="FILE")
     val_file: typing.Optional[str] = _opt(None, "the validation file, instead of the val split of --data",
-                                          flag="--val")
-    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test")
+                                          flag="--val", metavar="FILE")
+    test_file: typing.Optional[str] = _opt(None, "the test file, instead of the test split of --data", flag="--test",
+                                           metavar="FILE")
     lang: str = _opt("en", "language(s) of the data: en, a list such as en,de,fr, or all; records of other "
                            "languages are dropped (and counted)")
     tag_scheme: str = _opt("auto", "tag scheme of the data: auto (detected per file), bio (iob2), iob1, bioes "
                                    "(iobes), bilou, io; converted to BIO", choices=SCHEME_CHOICES)
-    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, from 1 (default: the first, "
-                                                    "or the second after an index column)")
-    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, from 1 (default: the last)")
+    token_column: typing.Optional[int] = _opt(None, "column files: the token's column, counted from 1 (unset: the "
+                                                    "first, or the second after an index column)", metavar="N")
+    tag_column: typing.Optional[int] = _opt(None, "column files: the tag's column, counted from 1 (unset: the last)",
+                                                  metavar="N")
     on_overlap: str = _opt("error", "character spans that overlap or nest: error, or keep-longest (the shorter "
                                     "ones are dropped and counted)", choices=ON_OVERLAP)
     model: str = _opt("distilbert-base-uncased", "pre-trained encoder: a local folder or a hub model id")
@@ -91,26 +201,10 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the model folder or hub (off: only built-in architectures)")
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_train_samples", "max_eval_samples", "num_threads", "save_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.keep_checkpoints < 1:
-            problems.append(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        problems = number_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                    if f.name in NUMBER_RULES})
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other")
-        if self.lr <= 0:
-            problems.append(f"--lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            problems.append(f"--weight-decay must not be negative, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_grad_norm < 0:
-            problems.append(f"--max-grad-norm must not be negative, got {self.max_grad_norm}")
         if self.amp_dtype not in ("auto", "bf16", "fp16"):
             problems.append(f"--amp-dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
@@ -157,6 +251,36 @@ class TrainConfig:
             return cls.from_dict(json.load(handle))
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """Options of `nerlib serve`; the command's flags are derived from these fields."""
+
+    host: str = _opt("127.0.0.1", "address to listen on; the default answers this machine only (0.0.0.0: every "
+                                  "network interface)")
+    port: int = _opt(8000, "TCP port")
+    backend: str = _opt("auto", "torch, or onnx for a folder written by `nerlib export --onnx`; auto: onnx for an "
+                                "exported folder", choices=BACKENDS)
+    int8: bool = _opt(False, "with the onnx backend, the folder's int8 model")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (the onnx backend runs on the CPU)")
+    num_threads: typing.Optional[int] = _opt(None, "CPU threads for the model (default: torch's choice)")
+    batching: bool = _opt(True, "run the texts of requests that arrive together in one call of the model "
+                                "(--no-batching: one request at a time)")
+    batch_wait_ms: float = _opt(2.0, "how long the first request of a batch waits for others to join it")
+    max_batch_texts: int = _opt(256, "most texts that requests batched together may hold")
+    batch_size: int = _opt(32, "windows per forward pass")
+    max_length: typing.Optional[int] = _opt(None, "window size in sub-tokens (default: the training one)")
+    max_body_bytes: int = _opt(1_000_000, "largest request body accepted, in bytes (larger: 413)")
+    max_texts: int = _opt(64, "most texts in one request (more: 413)")
+    max_chars: int = _opt(50_000, "most characters in one text (more: 413)")
+    access_log: bool = _opt(False, "log every request")
+
+    def __post_init__(self) -> None:
+        problems = number_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                    if f.name in NUMBER_RULES})
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
     """Add one flag per field of a config dataclass: `--max-length`, `--amp`, `--no-progress`."""
     hints = typing.get_type_hints(cls)
@@ -170,7 +294,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
             continue
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
         parser.add_argument(flag, dest=f.name, type=base, default=f.default, choices=f.metadata.get("choices"),
-                            metavar=None if f.metadata.get("choices") else f.name.upper(),
+                            metavar=None if f.metadata.get("choices") else f.metadata.get("metavar", f.name.upper()),
                             help=f"{help_text} (default: {f.default})")
 
 

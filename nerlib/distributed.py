@@ -20,6 +20,7 @@ or many. The scheme:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -125,6 +126,14 @@ def setup(device_name: str = "auto") -> World:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not already:
+        # torch.distributed.nn.functional binds the world group as a default argument of its
+        # functions when it is first imported; DistributedDataParallel imports it. Imported after
+        # init_process_group, it would keep the group alive after destroy_process_group, and the
+        # group's sockets and threads would be torn down during interpreter shutdown, racing with
+        # it and with the other ranks (the SIGABRT at exit of docs/distributed.md). Imported now,
+        # it binds None, and `teardown` really frees the group.
+        import torch.distributed.nn  # noqa: F401
+
         if device.type == "cuda":
             # device_id binds the NCCL communicator to this rank's GPU at once (no guessing later).
             dist.init_process_group(backend_for(device), device_id=device)
@@ -135,9 +144,32 @@ def setup(device_name: str = "auto") -> World:
     return World(rank=rank, size=size, local_rank=local_rank, device=device, owns_group=not already)
 
 
-def teardown(world: World) -> None:
-    """Destroy the process group if `setup` created it."""
-    if world.owns_group and dist.is_initialized():
+def teardown(world: World, finished: bool = True) -> None:
+    """Leave the process group if `setup` created it; every rank calls this on every path.
+
+    After a run that ended normally on every rank (`finished`), the ranks first meet at a barrier
+    and wait for their device, so that no rank destroys its side of the group while another is
+    still writing its files or has a collective in flight with it. After an error the group is
+    destroyed at once: the other ranks may never reach a barrier (torchrun stops them).
+
+    Args:
+        world: what `setup` returned.
+        finished: the run returned normally (False on an exception or an interruption).
+    """
+    if not (world.owns_group and dist.is_initialized()):
+        return
+    try:
+        if finished:
+            dist.barrier()
+            if world.device.type == "cuda":
+                torch.cuda.synchronize(world.device)
+    except RuntimeError as exc:  # another rank left first (its own error is what torchrun reports)
+        logger.warning("rank %d: not every rank reached the end of the run: %s", world.rank, exc)
+    finally:
+        # The DDP wrapper's reducer holds the group too, and a reference cycle can keep the wrapper
+        # alive after the loop returned (drawing the plots leaves one holding the loop's frame):
+        # collect it, or destroy_process_group leaves the group to be torn down at interpreter exit.
+        gc.collect()
         dist.destroy_process_group()
 
 

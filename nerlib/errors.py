@@ -30,6 +30,34 @@ class TrainingInterrupted(TrainingStopped):
 
 
 class NonFiniteLoss(TrainingStopped):
-    """A NaN or infinite loss (fp32, bf16), or fp16 loss scaling that keeps skipping steps."""
+    """A NaN or infinite loss (fp32, bf16), weights that became NaN or infinite, or fp16 loss scaling
+    that keeps skipping steps."""
 
     exit_code = 4
+
+
+class MissingExtra(NerlibError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def import_optional(module: str, extra: str, purpose: str):
+    """Import an optional package, or fail with one line naming the extra that installs it.
+
+    Args:
+        module: the module to import, e.g. `onnxruntime`.
+        extra: nerlib's extra that installs it, e.g. `onnx`.
+        purpose: what needs it, for the message ("ONNX export").
+
+    Returns:
+        The imported module.
+
+    Raises:
+        MissingExtra: the module cannot be imported.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtra(f"{purpose} needs {exc.name or module}, which is not installed: "
+                           f"pip install 'nerlib[{extra}]'") from None

@@ -7,7 +7,9 @@ is word-level, the definitions behind the original notebook's table.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .config import check_numbers
+from .errors import ConfigError
 from .features import IGNORE_INDEX, Encoded, collate, sorted_batches, uniform_length_batches
 from .runtime import pad_multiple
 
@@ -45,7 +49,8 @@ def predict_windows(
     with intra-op threads.
 
     Args:
-        model: a token-classification model.
+        model: a token-classification model, or an `OnnxTokenClassifier` (one stream: ONNX
+            Runtime divides its threads itself).
         encoded: the split's windows.
         windows: the indices of the windows to predict (a rank's shard, or all of them).
         pad_id, batch_size, device, autocast: padding id, windows per batch, where and how to compute.
@@ -97,7 +102,9 @@ def predict_windows(
     try:
         # A torch.autocast object cannot be entered by two threads at once: fp32 only.
         fp32 = autocast is None or isinstance(autocast, contextlib.nullcontext)
-        if on_cpu and fp32 and threads > 1 and len(batches) > 1:
+        # Streams make up for eager torch's Python between kernels; ONNX Runtime divides its threads itself.
+        eager = isinstance(model, torch.nn.Module)
+        if on_cpu and fp32 and eager and threads > 1 and len(batches) > 1:
             # Streams hold the GIL between kernels, so many cores get a few streams of several threads.
             streams = min(threads, MAX_INFERENCE_STREAMS)
             torch.set_num_threads(threads // streams)
@@ -160,6 +167,35 @@ def predict_encoded(
     windows = np.arange(len(encoded))
     predictions = predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast)
     return assemble_words(encoded, windows, predictions)
+
+
+# Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that
+# json.dumps(ensure_ascii=False) leaves raw: escaped, so one JSON line stays one line for every reader.
+_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(record) -> str:
+    """`record` as one line of JSON (UTF-8 text kept readable), newline included."""
+    line = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS_JSON_KEEPS.items():
+        line = line.replace(raw, escaped)  # outside strings JSON is ASCII, so these are inside strings
+    return line + "\n"
+
+
+def prepare_output_file(path: str) -> None:
+    """Make sure an output file can be written before the work that fills it: missing folders are created.
+
+    Raises:
+        ConfigError: `path` is a folder, or its folder cannot be created.
+    """
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise ConfigError(f"{path}: cannot create its folder {folder} ({reason})") from None
 
 
 def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:
@@ -246,6 +282,8 @@ def evaluate(
     token_column: int | None = None,
     tag_column: int | None = None,
     on_overlap: str | None = None,
+    backend: str = "auto",
+    int8: bool = False,
 ) -> dict:
     """Score a saved model on one split of a data source.
 
@@ -261,35 +299,40 @@ def evaluate(
         strict: score entities by strict IOB2 rules instead of seqeval's default.
         predictions_out: write one JSON line a sentence, `{"tokens", "gold", "pred"}`.
         confusion_out: draw the entity confusion matrix into this image file (needs matplotlib;
-            without it a warning says how to install it).
+            without it a warning says how to install it). Missing folders of every output file are
+            created before the evaluation.
         cache, cache_dir: the tokenisation cache, as for training (`TrainConfig.cache`, `cache_dir`).
         report_out, report_json_out: write the error report (`error_report`) as HTML, as JSON.
         report_sentences: how many of the sentences with the most errors the report lists.
         tag_scheme, token_column, tag_column, on_overlap: how the data is read, as for training;
             by default the training run's when its data is scored, else the defaults. Data in any
             tag scheme is converted to BIO, so entity spans are scored whatever the scheme.
+        backend, int8: `torch`, `onnx` or `auto` (`onnx` for a folder written by `nerlib export
+            --onnx`), and with onnx whether to run its int8 model.
 
     Returns:
         `precision`, `recall`, `f1`, `accuracy`, `words`, `per_type`, plus `split`, `data`,
-        `sentences` and `words_in_split`.
+        `sentences` (scored), `words_in_split` (the words of those sentences) and
+        `sentences_in_split` (all of the split's, more than `sentences` under `max_samples`).
 
     Raises:
-        NerlibError: missing model folder, bad data, or an unwritable output file.
+        NerlibError: a numeric option out of range, missing or damaged model folder, bad data, or an
+            output file that cannot be written.
     """
-    import json
-
-    from .errors import ConfigError
-
+    check_numbers(report_sentences=report_sentences)
+    for path in (predictions_out, confusion_out, report_out, report_json_out):
+        if path:
+            prepare_output_file(path)  # a bad path fails now, not after the evaluation
     run = _predict_split(model_dir, data, split, lang, batch_size, max_length, max_samples, device, amp, amp_dtype,
-                         strict, cache, cache_dir, tag_scheme, token_column, tag_column, on_overlap)
+                         strict, cache, cache_dir, tag_scheme, token_column, tag_column, on_overlap, backend, int8)
     loaded, prepared, predicted, label_set = run.loaded, run.prepared, run.predicted, run.label_set
     if predictions_out:
         labels = label_set.labels
         try:
             with open(predictions_out, "w", encoding="utf-8") as handle:
                 for sentence, gold, pred in zip(loaded.sentences, prepared.encoded.gold, predicted):
-                    handle.write(json.dumps({"tokens": list(sentence.tokens), "gold": [labels[i] for i in gold],
-                                             "pred": [labels[i] for i in pred]}, ensure_ascii=False) + "\n")
+                    handle.write(json_line({"tokens": list(sentence.tokens), "gold": [labels[i] for i in gold],
+                                            "pred": [labels[i] for i in pred]}))
         except OSError as exc:
             raise ConfigError(f"{predictions_out}: cannot write predictions ({exc.strerror})") from None
     if confusion_out:
@@ -298,7 +341,12 @@ def evaluate(
         labels = label_set.labels
         confusion = confusion_counts([[labels[i] for i in ids] for ids in prepared.encoded.gold],
                                      [[labels[i] for i in ids] for ids in predicted], label_set.classes)
-        if plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion"):
+        try:
+            drawn = plot_confusion(confusion, confusion_out, f"{loaded.name} split: entity confusion")
+        except (OSError, ValueError) as exc:  # a full disk; an image format matplotlib does not write
+            raise ConfigError(f"{confusion_out}: cannot draw the confusion matrix "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        if drawn:
             logger.info("drew the entity confusion matrix into %s", confusion_out)
     if report_out or report_json_out:
         from .html_report import write_report
@@ -306,7 +354,7 @@ def evaluate(
         write_report(_build_report(model_dir, run, report_sentences), report_out, report_json_out)
         logger.info("wrote the error report to %s", " and ".join(p for p in (report_out, report_json_out) if p))
     return {**run.metrics, "split": loaded.name, "data": run.data, "sentences": len(loaded.sentences),
-            "words_in_split": loaded.num_words, "strict": strict}
+            "words_in_split": loaded.num_words, "sentences_in_split": run.sentences_in_split, "strict": strict}
 
 
 def error_report(model_dir: str, top: int = 100, **options) -> dict:
@@ -328,6 +376,7 @@ def error_report(model_dir: str, top: int = 100, **options) -> dict:
     Raises:
         NerlibError: missing model folder or bad data.
     """
+    check_numbers(report_sentences=top)
     return _build_report(model_dir, _predict_split(model_dir, **options), top)
 
 
@@ -342,6 +391,7 @@ class _Predicted:
     label_set: object
     data: str
     trained_with: dict
+    sentences_in_split: int  # all of the split's, more than `loaded` holds under `max_samples`
 
 
 def _predict_split(model_dir: str, data: str | None = None, split: str = "test", lang: str | None = None,
@@ -349,15 +399,17 @@ def _predict_split(model_dir: str, data: str | None = None, split: str = "test",
                    device: str = "auto", amp: bool = False, amp_dtype: str = "auto", strict: bool = False,
                    cache: bool = True, cache_dir: str | None = None, tag_scheme: str | None = None,
                    token_column: int | None = None, tag_column: int | None = None,
-                   on_overlap: str | None = None) -> _Predicted:
+                   on_overlap: str | None = None, backend: str = "auto", int8: bool = False) -> _Predicted:
     from .cache import resolve_cache_dir
     from .config import TrainConfig
     from .data import ReadOptions, canonical_split, load_split
     from .errors import ConfigError
     from .loop import effective_max_length, prepare, evaluate_prepared
-    from .modeling import load_trained, read_nerlib_info
+    from .modeling import backend_device, load_trained, read_nerlib_info
     from .runtime import resolve_device, resolve_precision
 
+    check_numbers(batch_size=batch_size, max_length=max_length, max_samples=max_samples, token_column=token_column,
+                  tag_column=tag_column)
     trained_with = read_nerlib_info(model_dir).get("config", {})
     reading = {"tag_scheme": tag_scheme, "token_column": token_column, "tag_column": tag_column,
                "on_overlap": on_overlap}
@@ -370,18 +422,19 @@ def _predict_split(model_dir: str, data: str | None = None, split: str = "test",
         raise ConfigError(f"{model_dir}: no record of the {split} data it was trained with; pass --data")
     options = ReadOptions(**{key: value for key, value in reading.items() if value is not None})
     lang = lang or trained_with.get("lang", "en")
-    tokenizer, model, label_set = load_trained(model_dir)
-    device_ = resolve_device(device)
+    device_ = resolve_device(backend_device(model_dir, backend, device, amp))
+    tokenizer, model, label_set = load_trained(model_dir, backend=backend, int8=int8)
     precision = resolve_precision(device_, amp, amp_dtype)
     model.to(device_)
     window = effective_max_length(max_length or trained_with.get("max_length", 512), tokenizer, model)
-    loaded = load_split(data, split, lang, options).head(max_samples)
+    whole_split = load_split(data, split, lang, options)
+    loaded = whole_split.head(max_samples)
     prepared = prepare(loaded, label_set, tokenizer, window, resolve_cache_dir(cache, cache_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics, predicted = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, device_, precision, strict)
     logger.info("%s: scored %d of %d words in %d sentences", loaded.source, metrics["words"], loaded.num_words,
                 len(loaded.sentences))
-    return _Predicted(loaded, prepared, predicted, metrics, label_set, data, trained_with)
+    return _Predicted(loaded, prepared, predicted, metrics, label_set, data, trained_with, len(whole_split.sentences))
 
 
 def _build_report(model_dir: str, run: _Predicted, top: int) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data import Sentence, tag_ids
+from .errors import ConfigError
 from .labels import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -143,11 +144,14 @@ def encode(sentences: Sequence[Sentence], label_set: LabelSet, tokenizer, max_le
 
     Raises:
         DataError: a tag the label set does not know (with file and line).
+        ConfigError: `max_length` leaves no room for a sub-token beside the special tokens.
     """
     prefix, suffix = special_token_template(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room beside {len(prefix) + len(suffix)} special tokens")
+        specials = len(prefix) + len(suffix)
+        raise ConfigError(f"--max-length {max_length} leaves no room for a word beside the tokenizer's {specials} "
+                          f"special tokens; use at least {specials + 1}")
     input_ids: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     sentence_index: list[int] = []

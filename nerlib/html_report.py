@@ -264,8 +264,8 @@ def _options(values: Sequence[str], names: Sequence[str]) -> str:
 def _source_link(source: dict | None) -> str:
     if not source:
         return ""
-    where = f"{source['file']}:{source['line']}"
-    if source["file"].startswith(("hub:", "<")):
+    where = source.get("where") or f"{source['file']}:{source['line']}"
+    if not os.path.isfile(source["file"]):  # a hub dataset's record, or a file since moved
         return _escape(where)
     href = "file://" + quote(os.path.abspath(source["file"]))
     return f'<a href="{_escape(href)}">{_escape(where)}</a>'

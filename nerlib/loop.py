@@ -189,6 +189,29 @@ def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set
 MAX_CONSECUTIVE_SKIPPED = 25
 
 
+def _check_finite_weights(model: torch.nn.Module, step: int, output_dir: str) -> None:
+    """Refuse to go on (and so to save) once a weight is NaN or infinite.
+
+    The loss check sees such weights only at the next step's forward pass (and never those of rows
+    no batch uses); this runs before every checkpoint and at the end of every epoch, so a model that
+    diverged is never written. One pass over the weights: cheap beside an epoch.
+
+    Raises:
+        NonFiniteLoss: naming the step and the first parameter that is not finite.
+    """
+    named = list(model.named_parameters())
+    # One host read for all weights; the name is looked up only when something is wrong.
+    finite = torch.stack([torch.isfinite(parameter).all() for _, parameter in named]).tolist()
+    for (name, _), ok in zip(named, finite):
+        if not ok:
+            last = list_checkpoints(output_dir)
+            raise NonFiniteLoss(
+                f"NaN or infinite weights ({name}) after step {step}; they were not saved"
+                + (f"; the last good checkpoint is {last[-1]}" if last else "")
+                + "; try a lower --lr or --weight-decay"
+            )
+
+
 class _StopRequest:
     """Signal handler that asks the loop to stop after the current step; a second signal stops at once."""
 
@@ -391,11 +414,14 @@ def train(config: TrainConfig) -> dict:
     # train.py sets this too, but a script calling nerlib.train() goes through here only.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     world = distributed.setup(config.device)
+    finished = False
     try:
         with _claim_output_dir(config, world), fp32_matmul_precision(world.device, config.tf32) as tf32:
-            return _train(config, world, tf32)
+            metrics = _train(config, world, tf32)
+        finished = True
+        return metrics
     finally:
-        distributed.teardown(world)
+        distributed.teardown(world, finished)
 
 
 def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
@@ -459,6 +485,7 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                     global_batch * config.grad_accum, config.batch_size, world.size, config.grad_accum)
 
     def checkpoint() -> str:
+        _check_finite_weights(model, state["global_step"], output_dir)
         # Every rank's RNG state travels to rank 0, which alone writes the checkpoint.
         rank_rngs = distributed.gather_to_main(rng_state(device), world)
         path = checkpoint_path(output_dir, state["global_step"])
@@ -580,6 +607,7 @@ def _train(config: TrainConfig, world: distributed.World, tf32: bool) -> dict:
                         bar.close()
                         raise TrainingInterrupted(_interrupted_message(stop.signal or signal.SIGTERM, step, path))
             state["epoch_seconds"] += time.perf_counter() - segment_started
+            _check_finite_weights(model, state["global_step"], output_dir)  # before evaluating and saving
             if device.type == "cpu":
                 release_freed_memory()  # what the steps kept for reuse, before validation and saving
             # None when the scaler skipped every step of the epoch: metrics.json holds no NaN.

@@ -19,9 +19,12 @@ from typing import Iterable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
+from .config import check_numbers
 from .data import Sentence
 from .features import Encoded, encode
 from .labels import LabelSet, entity_spans
+from .onnx_backend import OnnxTokenClassifier
+from .runtime import Precision, resolve_device, resolve_precision
 from .text import split_words, word_pattern  # noqa: F401 - re-exported: nerlib.prediction.split_words
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ def predict(
     max_length: int | None = None,
     device: str = "auto",
     amp: bool = False,
+    backend: str = "auto",
+    int8: bool = False,
 ) -> list[list[Entity]] | list[Entity]:
     """Find the entities of raw texts (or of pre-split word lists) with a saved model.
 
@@ -71,22 +76,76 @@ def predict(
     truncated.
 
     Args:
-        model_dir: a folder written by `nerlib.train` (or any token-classification model folder).
+        model_dir: a folder written by `nerlib.train` (or any token-classification model folder),
+            or by `nerlib export --onnx`.
         texts: a list of strings, a list of word lists, or one string.
         batch_size: windows per inference batch.
         max_length: window size in sub-tokens; by default the training one.
         device, amp: as for evaluation (`auto` picks CUDA when present).
+        backend: `torch`, `onnx` (ONNX Runtime on the CPU) or `auto` (`onnx` for an exported folder).
+        int8: with the onnx backend, the int8 model of the folder.
 
     Returns:
         For each text, its entities in order; for a single string, its entities.
 
     Raises:
-        NerlibError: the model folder is missing or cannot be loaded, or a bad device.
+        NerlibError: the model folder is missing or cannot be loaded, or a bad device or backend.
     """
     single = isinstance(texts, str)
-    results = [entities for _, entities in
-               predict_stream(model_dir, [texts] if single else texts, batch_size, max_length, device, amp)]
+    results = [entities for _, entities in predict_stream(model_dir, [texts] if single else texts, batch_size,
+                                                          max_length, device, amp, backend=backend, int8=int8)]
     return results[0] if single else results
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded model and how to run it: `predictor(texts)` is `predict_loaded` with these settings."""
+
+    tokenizer: object
+    model: object
+    label_set: LabelSet
+    max_length: int
+    batch_size: int
+    device: torch.device
+    precision: Precision
+    backend: str
+
+    def __call__(self, texts: Sequence[TextOrWords]) -> list[list[Entity]]:
+        return predict_loaded(self.tokenizer, self.model, self.label_set, texts, self.max_length, self.batch_size,
+                              self.device, self.precision.autocast())
+
+
+def load_predictor(
+    model_dir: str,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    device: str = "auto",
+    amp: bool = False,
+    backend: str = "auto",
+    int8: bool = False,
+    num_threads: int | None = None,
+) -> Predictor:
+    """Load a model folder for prediction (arguments as for `predict`).
+
+    Args:
+        num_threads: ONNX Runtime's threads (onnx backend); None: as many as torch uses.
+
+    Raises:
+        NerlibError: the model folder is missing or cannot be loaded, a bad device, or `amp` or a
+            CUDA device with the onnx backend.
+    """
+    from .loop import effective_max_length
+    from .modeling import backend_device, load_trained, read_nerlib_info
+
+    check_numbers(batch_size=batch_size, max_length=max_length, num_threads=num_threads)
+    device_ = resolve_device(backend_device(model_dir, backend, device, amp))
+    tokenizer, model, label_set = load_trained(model_dir, backend=backend, int8=int8, num_threads=num_threads)
+    model.to(device_)
+    precision = resolve_precision(device_, amp)
+    trained_length = read_nerlib_info(model_dir).get("config", {}).get("max_length", 512)
+    window = effective_max_length(max_length or trained_length, tokenizer, model)
+    used = "onnx" if isinstance(model, OnnxTokenClassifier) else "torch"
+    return Predictor(tokenizer, model, label_set, window, batch_size, device_, precision, used)
 
 
 def predict_stream(
@@ -97,34 +156,25 @@ def predict_stream(
     device: str = "auto",
     amp: bool = False,
     chunk_size: int = 256,
+    backend: str = "auto",
+    int8: bool = False,
 ) -> Iterator[tuple[TextOrWords, list[Entity]]]:
     """`predict` over a stream of texts: loads the model once, yields `(text, entities)` in order.
 
     Texts are read `chunk_size` at a time, so a long stream never sits in memory whole.
 
     Raises:
-        NerlibError: the model folder is missing or cannot be loaded, or a bad device.
+        NerlibError: the model folder is missing or cannot be loaded, or a bad device or backend.
     """
-    from .loop import effective_max_length
-    from .modeling import load_trained, read_nerlib_info
-    from .runtime import resolve_device, resolve_precision
-
-    tokenizer, model, label_set = load_trained(model_dir)
-    device_ = resolve_device(device)
-    precision = resolve_precision(device_, amp)
-    model.to(device_)
-    trained_length = read_nerlib_info(model_dir).get("config", {}).get("max_length", 512)
-    window = effective_max_length(max_length or trained_length, tokenizer, model)
+    predictor = load_predictor(model_dir, batch_size, max_length, device, amp, backend, int8)
     chunk: list[TextOrWords] = []
     for text in texts:
         chunk.append(text)
         if len(chunk) == chunk_size:
-            yield from zip(chunk, predict_loaded(tokenizer, model, label_set, chunk, window, batch_size, device_,
-                                                 precision.autocast()))
+            yield from zip(chunk, predictor(chunk))
             chunk = []
     if chunk:
-        yield from zip(chunk, predict_loaded(tokenizer, model, label_set, chunk, window, batch_size, device_,
-                                             precision.autocast()))
+        yield from zip(chunk, predictor(chunk))
 
 
 def predict_loaded(

@@ -505,7 +505,7 @@ def build_error_report(sentences: Sequence, gold_ids: Sequence[Sequence[int]], p
               "strict": score_predictions(gold_ids, pred_ids, labels, strict=True)}
     analysis = analyse([s.tokens for s in sentences], gold_tags, pred_tags, label_set.classes, train_forms,
                        None if windows is None else [int(n) for n in windows],
-                       [(s.path, s.line) for s in sentences], top)
+                       [(s.path, s.line, s.locate()) for s in sentences], top)
     return {"model": display_name(model), "base_model": display_name(base_model), "data": display_name(data), "split": split, "sentences": len(sentences),
             "nerlib_version": __version__, "scores": scores, **analysis}
 

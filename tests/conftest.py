@@ -155,3 +155,22 @@ def hub_folder(tmp_path) -> str:
 @pytest.fixture
 def column_folder(tmp_path) -> str:
     return write_column_folder(tmp_path / "conll")
+
+
+TINY_TRAIN_ARGS = ["--labels", "PER,LOC,DIS", "--epochs", "10", "--lr", "5e-3", "--batch-size", "8", "--max-length", "64",
+                   "--num-threads", "1", "--no-progress"]
+
+
+def train_tiny_model(root, encoder: str) -> tuple[str, str]:
+    """A model trained by the train CLI on fixture data (about 3 s on one thread); returns (model folder, data)."""
+    import contextlib
+    import io
+
+    from nerlib.cli import run, train_main
+
+    data = write_hub_folder(os.path.join(str(root), "multinerd"))
+    output_dir = os.path.join(str(root), "model")
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = run(train_main, ["--data", data, "--model", encoder, "--output-dir", output_dir, *TINY_TRAIN_ARGS])
+    assert code == 0
+    return output_dir, data

@@ -129,7 +129,7 @@ def test_sentences_with_most_errors_come_first_with_their_source():
     assert [(s["index"], s["errors"]) for s in report["worst_sentences"]] == [(1, 4), (0, 3), (5, 2)]
     assert report["sentences_with_errors"] == 6
     first = report["worst_sentences"][0]
-    assert first["source"] == {"file": "test.jsonl", "line": 2}
+    assert first["source"] == {"file": "test.jsonl", "line": 2, "where": "test.jsonl:2"}
     assert first["gold"] == [["ORG", 0, 3], ["LOC", 5, 6]]
     assert [o["class"] for o in first["outcomes"]] == [WRONG_BOUNDARY, SPURIOUS, WRONG_TYPE, SPURIOUS]
 

@@ -256,3 +256,48 @@ def test_gpu_check_dry_run_of_every_step(tmp_path, hub_folder, tiny_encoder):
     resume = summary["resume"]
     assert resume["killed_exit_code"] == "3" and resume["comparison"]["identical"]
     assert summary["nerlib_bf16_vs_trainer_bf16"]["train"] > 0
+
+
+# --- bench/dist_stress.py: what counts as a clean run ---------------------------------------------
+
+def load_stress():
+    spec = importlib.util.spec_from_file_location("dist_stress", os.path.join(ROOT, "bench", "dist_stress.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+ABORTED_RANK = """test: f1 0.0000, scored 79 of 79 words
+terminate called without an active exception
+E1201 torch/distributed/elastic/multiprocessing/api.py] failed (exitcode: -6) local_rank: 1 (pid: 812)
+"""
+
+
+def test_stress_verdicts(tmp_path):
+    stress = load_stress()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("{}")
+    reloaded = "reloading epoch 1, the best by validation f1\ntest: f1 0.5000, scored 79 of 79 words\n"
+    clean = stress.Launch("fresh", 0, reloaded, 20.0)
+
+    assert stress.verdict(clean, True, expected=(stress.RELOAD,), wrote=str(metrics)) is None
+    # The abort is caught whatever the exit status (torchrun says 1, a rank alone -6).
+    for returncode in (0, 1, -6):
+        problem = stress.verdict(stress.Launch("fresh", returncode, reloaded + ABORTED_RANK, 20.0), True)
+        assert problem == f"exit {returncode}, stderr shows an abort (terminate called)"
+    assert stress.verdict(stress.Launch("fresh", None, reloaded, 300.0), True) == \
+        "still running after the time limit (300 s)"
+    assert stress.verdict(stress.Launch("fresh", 1, reloaded, 20.0), True) == "exit 1"
+    # A scenario that did not take its path, or wrote nothing, is not clean either.
+    assert stress.verdict(clean, True, expected=("resuming from",)) == \
+        "exit 0, but the log lacks ['resuming from']"
+    assert stress.verdict(clean, True, unexpected=(stress.RELOAD,)) == \
+        f"exit 0, but the log has [{stress.RELOAD!r}]"
+    assert stress.verdict(clean, True, wrote=str(tmp_path / "absent.json")) == \
+        f"exit 0, but {tmp_path / 'absent.json'} was not written"
+    # The interrupted half of `resume` must stop (non-zero), with its checkpoint, and not abort.
+    stopped = stress.Launch("resume (stopped)", 1, "SIGTERM after step 3; checkpoint written to x\n", 9.0)
+    assert stress.verdict(stopped, False, expected=("checkpoint written to",)) is None
+    assert stress.verdict(stress.Launch("resume (stopped)", 0, "", 9.0), False) == \
+        "exit 0, but it should have been stopped"

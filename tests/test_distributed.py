@@ -239,6 +239,77 @@ def test_two_ranks_compute_the_gradient_of_one_process_over_the_global_batch(tmp
     assert any(g.abs().max() > 1e-3 for g in expected.values())  # not a comparison of zeros
 
 
+# --- leaving the process group ------------------------------------------------------------------
+# gloo's threads (gloo_tcp_loop, pt_gloo_runloop) live as long as the group does. A group still
+# alive after teardown is torn down during interpreter shutdown instead, which aborted ranks at exit
+# (docs/distributed.md).
+
+def _native_threads() -> list[str]:
+    names = []
+    for task in sorted(os.listdir("/proc/self/task")):
+        with open(f"/proc/self/task/{task}/comm", encoding="utf-8") as handle:
+            names.append(handle.read().strip())
+    return names
+
+
+def _teardown_worker(rank: int, world_size: int, port: int, out: str, finished: bool) -> None:
+    import gc
+    import time
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    gc.disable()  # only teardown's own collection may free the cycle below
+    world = setup("cpu")
+    model, encoded, group = _gradient_problem()
+    train_model = wrap_model(model, world)  # DDP: imports torch.distributed.nn and holds the group in its reducer
+    _group_gradients(model, train_model, encoded, group, world)
+    # A reference cycle holding the wrapper, like the one matplotlib's savefig leaves around the loop's frame.
+    cycle = [train_model]
+    cycle.append(cycle)
+    del train_model, cycle
+    before = _native_threads()
+    rank0_left = f"{out}.rank0-left"
+    if finished and rank == 0:
+        time.sleep(1.0)  # rank 0 is late: it writes the files
+    if not finished and rank == 1:
+        # On an error path rank 1 arrives only after rank 0 has left (or never, if rank 0 waits for it).
+        deadline = time.monotonic() + 120
+        while not os.path.exists(rank0_left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    entered = time.time()
+    teardown(world, finished)
+    left = time.time()
+    if rank == 0:
+        open(rank0_left, "w").close()
+    with open(f"{out}.{rank}", "w", encoding="utf-8") as handle:
+        json.dump({"before": before, "after": _native_threads(), "entered": entered, "left": left,
+                   "rank0_had_left": os.path.exists(rank0_left)}, handle)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through /proc")
+@pytest.mark.parametrize("finished", [True, False])
+def test_teardown_frees_the_group_and_waits_for_every_rank_only_after_a_finished_run(tmp_path, finished):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "teardown")
+    mp.spawn(_teardown_worker, args=(2, _free_port(), out, finished), nprocs=2, join=True)
+    ranks = []
+    for rank in range(2):
+        with open(f"{out}.{rank}", encoding="utf-8") as handle:
+            ranks.append(json.load(handle))
+
+    for rank in ranks:
+        assert any(name.startswith("gloo") for name in rank["before"])  # the check below sees gloo's threads
+        assert [name for name in rank["after"] if "gloo" in name] == []
+    if finished:
+        # Rank 1 waited for rank 0, 1 s late, at the barrier.
+        assert ranks[1]["left"] >= ranks[0]["entered"]
+    else:
+        # No barrier after an error: rank 0 left without waiting for rank 1.
+        assert ranks[1]["rank0_had_left"] and ranks[0]["left"] <= ranks[1]["entered"]
+
+
 # --- two ranks under torchrun against one process -------------------------------------------------
 
 BATCH_PER_RANK = 4
@@ -457,7 +528,7 @@ def _agree_worker(rank: int, world_size: int, port: int, base: str, train_option
 
 
 def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint_or_all_refuse(
-        tmp_path, hub_folder, tiny_encoder):
+        tmp_path, tiny_encoder):
     import time
 
     import torch.multiprocessing as mp
@@ -482,11 +553,15 @@ def test_without_a_shared_file_system_every_rank_resumes_from_rank_0s_checkpoint
     place("same", 1, chosen)
     place("none-on-rank-0", 1, chosen)
 
-    options = dict(labels="five", data=hub_folder, model=tiny_encoder, epochs=1, batch_size=4, max_length=16,
+    # Training data only: the runs have no evaluation to spend time on.
+    data = write_hub_folder(tmp_path / "data", sizes=(32, 1, 1), seed=5)
+    shutil.rmtree(os.path.join(data, "val"))
+    shutil.rmtree(os.path.join(data, "test"))
+    options = dict(labels="five", data=data, model=tiny_encoder, epochs=1, batch_size=4, max_length=16,
                    device="cpu", num_threads=1, progress=False)
     context = mp.start_processes(_agree_worker, args=(2, _free_port(), str(tmp_path), options), nprocs=2, join=False,
                                  start_method="spawn")
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # minutes on a loaded machine; a hang never ends
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:

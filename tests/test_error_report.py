@@ -197,7 +197,10 @@ def test_report_opens_in_a_browser_with_tables_and_highlighted_entities(cli_repo
             assert [(m.attrs["data-type"], mark_text(m)) for m in marks] == [
                 (t, " ".join(tokens[a:b])) for t, a, b in sentence[side]]
             assert all(hue_of(m) == type_hue(m.attrs["data-type"]) for m in marks)
-        assert f"{sentence['source']['file']}:{sentence['source']['line']}" in node.text
+        # A link to the file, shown as file:line.
+        assert sentence["source"]["where"] == f"{sentence['source']['file']}:{sentence['source']['line']}"
+        links = [a for a in node.all("a") if a.text == sentence["source"]["where"]]
+        assert links and links[0].attrs["href"] == "file://" + os.path.abspath(sentence["source"]["file"])
     assert shown_count(dom) == len(sentences)
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+import unicodedata
 from types import SimpleNamespace
 
 import pytest
@@ -35,11 +36,28 @@ def words_of(text: str) -> list[str]:
     ("Zoë  visited\tZürich\n\nand 北京。", ["Zoë", "visited", "Zürich", "and", "北", "京", "。"]),
     ("cafe\u0301 x\u200by \ufeffend", ["cafe\u0301", "x", "y", "end"]),  # combining accent kept; invisible chars dropped
     ("Ends with No.", ["Ends", "with", "No", "."]),  # a title is only an abbreviation before a word
+    # Marks outside the BMP stay on their letters: Brahmi vowel signs and virama, a musical stem.
+    ("\U00011005\U00011032\U0001103c\U00011013 ruled", ["\U00011005\U00011032\U0001103c\U00011013", "ruled"]),
+    ("a\U0001d165b x", ["a\U0001d165b", "x"]),
+    ("cafe\u0301's menu", ["cafe\u0301", "'s", "menu"]),  # a clitic after a word ending in a mark
+    # Joiners stay inside words (Devanagari half form, Persian) and emoji sequences; a flag is one word.
+    ("\u0915\u094d\u200d\u0937 \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+     ["\u0915\u094d\u200d\u0937", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"]),
+    ("\U0001f469\u200d\U0001f4bb codes \U0001f44d\U0001f3fd \U0001f1eb\U0001f1f7 1\ufe0f\u20e3",
+     ["\U0001f469\u200d\U0001f4bb", "codes", "\U0001f44d\U0001f3fd", "\U0001f1eb\U0001f1f7", "1\ufe0f\u20e3"]),
     ("", []),
     (" \n\t ", []),
 ])
 def test_split_words_like_the_training_data(text, words):
     assert words_of(text) == words
+
+
+def test_split_words_keeps_every_combining_mark_on_its_letter():
+    # Every code point of categories Mn, Mc and Me that this Python's Unicode knows, in all 17 planes.
+    marks = [chr(code) for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)).startswith("M")]
+    assert any(ord(mark) > 0xFFFF for mark in marks)
+    split = [mark for mark in marks if words_of(f"x{mark}y") != [f"x{mark}y"]]
+    assert split == [], f"{len(split)} marks split off their letters, e.g. {[hex(ord(m)) for m in split[:5]]}"
 
 
 @pytest.mark.parametrize("text", [
