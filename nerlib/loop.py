@@ -346,11 +346,30 @@ def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_finge
             raise CheckpointError(f"{found.path}: refusing to resume with a different configuration or data "
                                   f"({listing}); pass --force to resume anyway")
         logger.warning("--force: resuming although these differ: %s", listing)
+    wanted = [{"initial_lr": group["initial_lr"], "weight_decay": group["weight_decay"]}
+              for group in optimizer.param_groups]
     state = restore(found.checkpoint, model, optimizer, scheduler, scaler, rank=world.rank)
+    if changed:
+        _keep_this_runs_rates(optimizer, scheduler, wanted)
     state.setdefault("epoch_loss_words", state["epoch_words"])  # checkpoints of earlier versions
     logger.info("resuming from %s (epoch %d, %d batches into it, step %d)", found.path, state["epoch"],
                 state["batches_done"], state["global_step"])
     return state
+
+
+def _keep_this_runs_rates(optimizer: torch.optim.Optimizer, scheduler, wanted: list[dict]) -> None:
+    """After a forced resume, train with this run's peak learning rate and weight decay.
+
+    The restored optimizer and scheduler states carry the checkpoint's (a changed --lr would
+    otherwise be accepted and silently ignored); the schedule goes on from the restored step.
+    """
+    for group, values in zip(optimizer.param_groups, wanted):
+        group.update(values)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() reports; LambdaLR keeps it there
 
 
 def _unforcible(checkpoint, labels: list[str], model) -> str | None:

@@ -358,6 +358,24 @@ def test_resume_with_another_label_count_is_refused_before_loading_even_with_for
     assert "labels: 'five' -> 'all'" in errors[0] and "a different label count cannot be forced" in errors[0]
 
 
+def test_a_forced_resume_trains_with_the_new_learning_rate_and_weight_decay(reference, tiny_encoder, tmp_path,
+                                                                           monkeypatch):
+    import nerlib.loop as loop
+
+    data, uninterrupted = reference
+    out = _copy_partial_run(uninterrupted, tmp_path, [STEPS - 1])
+    optimizers = []
+    build = loop.build_optimizer
+    monkeypatch.setattr(loop, "build_optimizer", lambda *args: optimizers.append(build(*args)) or optimizers[-1])
+    nerlib.train(_resume_config(data, tiny_encoder, out, lr=1e-3, weight_decay=0.25, force=True))
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    last = [record for record in steps if record.get("event") == "step" and record["step"] == STEPS]
+    # Linear decay without warmup: step 24 of 24 trains at the peak rate times (24 - 23) / 24.
+    assert len(last) == 1 and last[0]["lr"] == pytest.approx(1e-3 * 1 / 24, rel=1e-12)
+    decays = [group["weight_decay"] for group in optimizers[0].param_groups]
+    assert decays == [0.25, 0.0]  # weight matrices, then biases and LayerNorm gains
+
+
 def _encoder_of_another_shape(folder) -> str:
     from transformers import BertConfig, BertModel
 
