@@ -34,10 +34,52 @@ def cli_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 
 
-def run_cli(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train.py or evaluate.py of this checkout in a fresh interpreter."""
+def run_script(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train.py, evaluate.py or predict.py of this checkout in a fresh interpreter."""
     return subprocess.run(cli_command(script, *args), cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+SCRIPT_MAINS = {"train.py": "train_main", "evaluate.py": "evaluate_main", "predict.py": "predict_main"}
+
+
+def run_cli(script: str, *args) -> subprocess.CompletedProcess:
+    """Run what train.py, evaluate.py or predict.py runs, `sys.exit(run(<main>))`, in this interpreter.
+
+    The same code as the script, its exit status, its standard output and standard error (logging
+    included), without the seconds a fresh interpreter spends importing torch; the tests that
+    need a process of their own (signals, locks, pipes) and the scripts themselves use
+    `run_script`. What the run changes in this interpreter (logging, torch's thread count, argv)
+    is put back.
+    """
+    import contextlib
+    import io
+    import logging
+
+    from nerlib import cli
+
+    argv = [str(arg) for arg in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = (sys.argv, list(root.handlers), root.level, torch.get_num_threads())
+    for handler in saved[1]:  # so that run's logging.basicConfig writes to this stderr, as in a fresh process
+        root.removeHandler(handler)
+    sys.argv = [script, *argv]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = cli.run(getattr(cli, SCRIPT_MAINS[script]), argv)
+            except SystemExit as exc:  # argparse's usage errors, as sys.exit ends the script
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        sys.argv, handlers, level, threads = saved
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
 
 # Words of the fixture language; each class has its own words so a tiny model can learn them.
 ENTITY_WORDS = {

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import nerlib
 from nerlib.config import TrainConfig
 
-from conftest import run_cli, write_column_folder
+from conftest import run_cli, run_script, write_column_folder
 
 def tiny_config(data, model, out, **overrides):
     values = dict(labels="five", data=data, model=model, output_dir=str(out), epochs=2, lr=5e-3, batch_size=8,
@@ -115,6 +115,21 @@ def test_evaluate_cli_missing_model_folder(tmp_path):
     result = run_cli("evaluate.py", str(tmp_path / "missing"), "--data", str(tmp_path))
     assert result.returncode == 2 and "model folder does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_each_script_in_its_own_interpreter_ends_a_user_error_with_one_line_and_status_2(hub_folder, tmp_path):
+    # The other CLI tests run the scripts' one line in the test's interpreter; this runs the files.
+    missing = tmp_path / "missing"
+    runs = {"train.py": ["--model", missing, "--data", hub_folder, "--output-dir", tmp_path / "out", "--no-progress"],
+            "evaluate.py": [missing, "--data", hub_folder],
+            "predict.py": [missing, "Alice lives in Paris."]}
+    for script, args in runs.items():
+        result = run_script(script, *args)
+        assert result.returncode == 2, (script, result.stderr)
+        lines = result.stderr.splitlines()  # train.py first describes its data, one line a split
+        assert lines[-1] == f"{script}: error: {missing}: model folder does not exist", script
+        assert "Traceback" not in result.stderr and sum("error" in line for line in lines) == 1, result.stderr
+        assert result.stdout == ""
 
 
 # --- the same sentences in every tag scheme ----------------------------------------------------
