@@ -255,7 +255,7 @@ def _predict_process(model_dir, *args, stdout=subprocess.PIPE):
 def test_a_closed_pipe_ends_quietly(saved_model, tmp_path):
     model_dir, _ = saved_model
     texts = tmp_path / "texts.txt"
-    texts.write_text("alice saw bob in paris\n" * 4000)  # ~220 kB of JSON lines: more than a pipe holds
+    texts.write_text("alice saw bob in paris\n" * 1500)  # ~80 kB of JSON lines: more than a pipe (64 kB) holds
     # `| head -1`: the reader takes one line and goes while the program is still writing.
     process = _predict_process(model_dir, "--file", str(texts))
     first = process.stdout.readline()
