@@ -14,7 +14,7 @@ from .config import BACKENDS, ServeConfig, add_config_arguments, check_numbers, 
 from .convert import WRITERS, convert
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
-from .evaluation import evaluate, format_table, json_line, prepare_output_file
+from .evaluation import evaluate, format_table, prepare_output_file
 from .export import export, format_parity
 from .formats import ON_OVERLAP, ReadOptions
 from .html_report import entity_page_head, entity_page_tail, entity_page_text
@@ -23,6 +23,7 @@ from .prediction import predict_stream, read_texts
 from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
 from .schemes import SCHEME_CHOICES
 from .serve import serve
+from .text import json_line
 from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from .config import check_numbers
 from .errors import ConfigError
 from .features import IGNORE_INDEX, Encoded, collate, sorted_batches, uniform_length_batches
 from .runtime import pad_multiple
+from .text import json_line
 
 logger = logging.getLogger(__name__)
 
@@ -167,19 +168,6 @@ def predict_encoded(
     windows = np.arange(len(encoded))
     predictions = predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast)
     return assemble_words(encoded, windows, predictions)
-
-
-# Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that
-# json.dumps(ensure_ascii=False) leaves raw: escaped, so one JSON line stays one line for every reader.
-_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def json_line(record) -> str:
-    """`record` as one line of JSON (UTF-8 text kept readable), newline included."""
-    line = json.dumps(record, ensure_ascii=False)
-    for raw, escaped in _LINE_BREAKS_JSON_KEEPS.items():
-        line = line.replace(raw, escaped)  # outside strings JSON is ASCII, so these are inside strings
-    return line + "\n"
 
 
 def prepare_output_file(path: str) -> None:

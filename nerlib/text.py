@@ -7,6 +7,7 @@ splits what it is given, and training and prediction see the same words.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import unicodedata
 
@@ -90,3 +91,16 @@ def split_words(text: str) -> list[tuple[int, int]]:
             continue
         spans.append(match.span())
     return spans
+
+
+# Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that
+# json.dumps(ensure_ascii=False) leaves raw: escaped, so one JSON line stays one line for every reader.
+_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(record) -> str:
+    """`record` as one line of JSON (UTF-8 text kept readable), newline included."""
+    line = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS_JSON_KEEPS.items():
+        line = line.replace(raw, escaped)  # outside strings JSON is ASCII, so these are inside strings
+    return line + "\n"
