@@ -229,6 +229,16 @@ class TrainConfig:
         """The fields that define what is trained: a resume must match them (see RUN_CONTROL)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
 
+    @classmethod
+    def saved_run_settings(cls, saved: dict) -> dict:
+        """The run settings a checkpoint saved, options added to nerlib since then at their defaults.
+
+        A new option's default keeps what nerlib did before it existed, so a run that an upgrade
+        interrupted resumes without --force unless this run sets the new option otherwise.
+        """
+        defaults = cls().run_settings()
+        return {**{key: value for key, value in defaults.items() if key not in saved}, **saved}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -334,7 +334,7 @@ def _resume(config: TrainConfig, model, optimizer, scheduler, scaler, data_finge
         return None
     saved = found.checkpoint.trainer_state
     # Compare first, load second: weights of another label set or model must not even be tried.
-    changed = differences(saved["config"], config.run_settings())
+    changed = differences(TrainConfig.saved_run_settings(saved["config"]), config.run_settings())
     changed += differences({"fingerprint": saved["fingerprint"]}, {"fingerprint": data_fingerprint})
     if changed:
         listing = "; ".join(changed)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import random
 import shlex
 import shutil
@@ -310,6 +311,26 @@ def test_changed_configuration_is_refused_with_differences_unless_forced(referen
     forced = run_cli("train.py", *args, "--force")
     assert forced.returncode == 0, forced.stderr
     assert "--force: resuming although these differ: lr" in forced.stderr
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_while_the_option_keeps_its_default(
+        reference, tiny_encoder, tmp_path):
+    data, uninterrupted = reference
+    out = _copy_partial_run(uninterrupted, tmp_path, _kept_steps(uninterrupted)[-1:])
+    folder = ckpt.list_checkpoints(str(out))[-1]
+    state_file = os.path.join(folder, ckpt.STATE_FILE)
+    with open(state_file, encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert state["config"]["tag_scheme"] == "auto" == TrainConfig().tag_scheme
+    del state["config"]["tag_scheme"]  # as written by a nerlib that had no --tag-scheme yet
+    with open(state_file, "w", encoding="utf-8") as handle:
+        json.dump(state, handle)
+    _reseal(pathlib.Path(folder))
+    # Set otherwise, the new option is a difference like any other.
+    with pytest.raises(CheckpointError, match="refusing to resume.*tag_scheme: '[a-z<>]+' -> 'bio'"):
+        nerlib.train(_resume_config(data, tiny_encoder, out, tag_scheme="bio"))
+    resumed = nerlib.train(_resume_config(data, tiny_encoder, out))
+    assert resumed["test"] == json.loads((uninterrupted / "metrics.json").read_text())["test"]
 
 
 def test_differences_name_every_changed_leaf_and_summarise_long_lists():
