@@ -19,7 +19,7 @@ from nerlib.checkpoint import CheckpointError
 from nerlib.config import TrainConfig
 from nerlib.labels import multinerd_label_set
 from nerlib.modeling import load_model_for_training
-from nerlib.runtime import Precision
+from nerlib.devices import Precision
 
 from conftest import build_tiny_encoder, write_hub_folder
 
