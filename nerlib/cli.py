@@ -15,7 +15,7 @@ from .config import BACKENDS, ServeConfig, TrainConfig, add_config_arguments, ch
 from .convert import WRITERS, convert
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
-from .evaluation import evaluate, json_line, prepare_output_file
+from .evaluation import evaluate, prepare_output_file
 from .export import export, format_parity
 from .formats import ON_OVERLAP, ReadOptions
 from .html_report import entity_page_head, entity_page_tail, entity_page_text
@@ -25,6 +25,7 @@ from .reports import PLOTS_HINT, display_name, plots_available, table_format, wr
 from .schemes import SCHEME_CHOICES
 from .scoring import format_table
 from .serve import serve
+from .text import json_line
 from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)

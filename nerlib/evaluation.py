@@ -6,7 +6,6 @@ Predictions come from `nerlib.inference`, scores from `nerlib.scoring`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .labels import LabelSet, tags_of
 from .modeling import load_for_inference, read_trained_config
 from .reports import SCORE_KEYS, build_error_report, confusion_counts, plot_confusion, surface_forms
 from .scoring import score_predictions, score_split
+from .text import json_line
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +43,6 @@ def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: in
     if metrics["words"] != prepared.split.num_words:  # pragma: no cover - guarded by construction
         raise RuntimeError(f"scored {metrics['words']} words of {prepared.split.num_words}")
     return metrics, predicted
-
-
-# Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that
-# json.dumps(ensure_ascii=False) leaves raw: escaped, so one JSON line stays one line for every reader.
-_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def json_line(record) -> str:
-    """`record` as one line of JSON (UTF-8 text kept readable), newline included."""
-    line = json.dumps(record, ensure_ascii=False)
-    for raw, escaped in _LINE_BREAKS_JSON_KEEPS.items():
-        line = line.replace(raw, escaped)  # outside strings JSON is ASCII, so these are inside strings
-    return line + "\n"
 
 
 def prepare_output_file(path: str) -> None:

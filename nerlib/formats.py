@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Sequence
 from .errors import ConfigError, DataError
 from .labels import MULTINERD_TAGS, entity_spans
 from .schemes import SCHEME_CHOICES, split_tag, to_bio
-from .text import split_words, utf8_lines
+from .text import json_line, split_words, utf8_lines
 
 logger = logging.getLogger(__name__)
 
@@ -797,7 +797,7 @@ def write_token_jsonl(sentences: Sequence[Sentence], handle) -> None:
         record = {"tokens": list(sentence.tokens), "ner_tags": list(sentence.tags)}
         if sentence.lang:
             record["lang"] = sentence.lang
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.write(json_line(record))
 
 
 def write_span_jsonl(sentences: Sequence[Sentence], handle) -> None:
@@ -812,4 +812,4 @@ def write_span_jsonl(sentences: Sequence[Sentence], handle) -> None:
         record = {"text": " ".join(sentence.tokens), "entities": entities}
         if sentence.lang:
             record["lang"] = sentence.lang
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.write(json_line(record))

@@ -1,5 +1,5 @@
 """Text: the one word splitter that prediction and character-offset data share, the one UTF-8
-line reader of data files and prediction input, and what reads as a hub id.
+line reader of data files and prediction input, one JSON line, and what reads as a hub id.
 
 Pure Python (no torch), so the data readers can split annotated text exactly as `nerlib.predict`
 splits what it is given, and training and prediction see the same words.
@@ -8,6 +8,7 @@ splits what it is given, and training and prediction see the same words.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import unicodedata
@@ -150,3 +151,16 @@ def looks_like_hub_id(name: str, dataset: bool = False) -> bool:
         if name.count("/") != 1:
             return False
     return bool(_HUB_ID.match(name))
+
+
+# Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that
+# json.dumps(ensure_ascii=False) leaves raw: escaped, so one JSON line stays one line for every reader.
+_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(record) -> str:
+    """`record` as one line of JSON (UTF-8 text kept readable), newline included."""
+    line = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS_JSON_KEEPS.items():
+        line = line.replace(raw, escaped)  # outside strings JSON is ASCII, so these are inside strings
+    return line + "\n"

@@ -366,6 +366,26 @@ def test_convert_there_and_back_keeps_every_entity(tmp_path, source, to):
     assert list(written) == ["train"]
 
 
+@pytest.mark.parametrize("to", ["jsonl", "spans"])
+def test_converted_json_lines_stay_one_line_a_sentence_for_every_line_splitter(tmp_path, to):
+    # U+2028, U+2029 and U+0085 are raw in json.dumps(ensure_ascii=False) but end a line for
+    # Python's str.splitlines and for JavaScript: a reader splitting so would cut the records.
+    records = [{"tokens": ["Ann\u2028Lee", "in", "Oslo"], "ner_tags": [1, 0, 5], "lang": "en"},
+               {"tokens": ["Bo\u2029", "left", "Lima\x85"], "ner_tags": [1, 0, 5], "lang": "en"}]
+    _write(tmp_path / "in" / "train" / "train_en.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    convert(str(tmp_path / "in"), str(tmp_path / "out"), to)
+    (written,) = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "out") for name in names]
+    with open(written, encoding="utf-8") as handle:
+        text = handle.read()
+    lines = text.splitlines()
+    assert len(lines) == len(records), lines
+    read = [json.loads(line) for line in lines]
+    if to == "jsonl":  # nothing lost: the same words, escapes and all
+        assert [r["tokens"] for r in read] == [r["tokens"] for r in records]
+    else:
+        assert read[0]["text"] == "Ann\u2028Lee in Oslo"
+
+
 def test_convert_cli_writes_a_file_and_refuses_to_overwrite(tmp_path, capsys):
     source = _write(tmp_path / "eng.testb", CONLL_2003)
     target = str(tmp_path / "test.jsonl")
