@@ -37,7 +37,9 @@ def _check_source(name: str) -> None:
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
     if os.path.isdir(name):
-        return ModelError(f"{name}: cannot load the model or tokenizer: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        hint = "; pass --trust-remote-code if you trust it" if "trust_remote_code" in str(exc) else ""
+        return ModelError(f"{name}: cannot load the model or tokenizer: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}")
     return ModelError(
         f"cannot load model {name!r}: not a local folder, and the Hugging Face hub is unreachable or has no such "
         f"model ({type(exc).__name__}); pass --model with a local model folder, (a folder written by "

@@ -83,7 +83,8 @@ def modules_cache(tmp_path, monkeypatch):
 def test_evaluate_and_predict_pass_trust_remote_code(trained, remote_code_model, modules_cache):
     model_dir, _ = trained
     refused = run_cli("evaluate.py", remote_code_model, "--device", "cpu", "--json")
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and last.startswith("evaluate.py: error: ") and "--trust-remote-code" in last
     evaluated = run_cli("evaluate.py", remote_code_model, "--device", "cpu", "--json", "--trust-remote-code")
     assert evaluated.returncode == 0, evaluated.stderr
     reference = run_cli("evaluate.py", model_dir, "--device", "cpu", "--json")
@@ -91,7 +92,8 @@ def test_evaluate_and_predict_pass_trust_remote_code(trained, remote_code_model,
     assert json.loads(evaluated.stdout)["f1"] == json.loads(reference.stdout)["f1"]
 
     text = "alice saw the fox in paris ."
-    assert run_cli("predict.py", remote_code_model, text, "--device", "cpu").returncode != 0
+    refused = run_cli("predict.py", remote_code_model, text, "--device", "cpu")
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr.strip().splitlines()[-1]
     predicted = run_cli("predict.py", remote_code_model, text, "--device", "cpu", "--trust-remote-code")
     assert predicted.returncode == 0, predicted.stderr
     assert predicted.stdout == run_cli("predict.py", model_dir, text, "--device", "cpu").stdout
