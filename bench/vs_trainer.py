@@ -132,59 +132,14 @@ def _configure(args: argparse.Namespace) -> None:
 
 
 def run_nerlib(args: argparse.Namespace) -> dict:
-    """`nerlib.train` as train.py runs it; the training and test figures come from its metrics."""
+    """`nerlib.train` as train.py runs it; the figures come from its metrics, phase times included."""
     import logging
 
-    import nerlib.loop
-
-    marks: dict = {}
-    evaluations: list[float] = []  # CPU seconds of each evaluate_prepared call (validations, then test)
-    saves: list[float] = []        # CPU seconds of writing models and checkpoints between epochs
-
-    class Marks(logging.Handler):
-        # The loop logs "training on ..." just before its first step, and "epoch N: ..." after
-        # each epoch's validation: the CPU clock between them, less validation and saving, is
-        # the training CPU time.
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if message.startswith("training on") and "startup" not in marks:
-                marks["startup"] = _since_launch(args)
-                marks["train_cpu_started"] = time.process_time()
-            elif message.startswith("epoch "):
-                marks["train_cpu_ended"] = time.process_time()
-                marks["not_training_cpu"] = sum(evaluations) + sum(saves)
-
-    def timed(function, bucket: list):
-        def wrapper(*call_args, **call_kwargs):
-            cpu = time.process_time()
-            try:
-                return function(*call_args, **call_kwargs)
-            finally:
-                bucket.append(time.process_time() - cpu)
-        return wrapper
-
-    # Bench-side instrumentation only (undone at the end): the loop calls these through its
-    # module's namespace.
-    originals = {name: getattr(nerlib.loop, name) for name in ("evaluate_prepared", "save_model", "save_checkpoint")
-                 if hasattr(nerlib.loop, name)}
-    for name, function in originals.items():
-        setattr(nerlib.loop, name, timed(function, evaluations if name == "evaluate_prepared" else saves))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    loop_logger, handler = logging.getLogger("nerlib.loop"), Marks()
-    level = loop_logger.level
-    loop_logger.addHandler(handler)
-    loop_logger.setLevel(logging.INFO)
-    try:
-        metrics = _train_nerlib(args)
-    finally:
-        loop_logger.removeHandler(handler)
-        loop_logger.setLevel(level)
-        for name, function in originals.items():
-            setattr(nerlib.loop, name, function)
+    launched_to_train = _since_launch(args)  # interpreter start and imports, before train() is called
+    metrics = _train_nerlib(args)
     test = metrics["test"] or {}
-    train_cpu = None
-    if "train_cpu_ended" in marks:
-        train_cpu = marks["train_cpu_ended"] - marks["train_cpu_started"] - marks["not_training_cpu"]
+    phases, cpu = metrics["phase_seconds"], metrics["phase_cpu_seconds"]
     paddings = [epoch["padding_efficiency"] for epoch in metrics["epochs"] if "padding_efficiency" in epoch]
     return {
         "precision": metrics["precision_mode"],
@@ -195,9 +150,9 @@ def run_nerlib(args: argparse.Namespace) -> dict:
         "f1": test.get("f1"), "precision_score": test.get("precision"), "recall": test.get("recall"),
         "accuracy": test.get("accuracy"),
         "padding_efficiency": sum(paddings) / len(paddings) if paddings else None,
-        "startup_seconds": marks.get("startup"),
-        "train_cpu_seconds": train_cpu,
-        "eval_cpu_seconds": evaluations[-1] if metrics["test"] and evaluations else None,
+        "startup_seconds": launched_to_train + phases["startup"],
+        "train_cpu_seconds": cpu["training"],
+        "eval_cpu_seconds": cpu["test"] if metrics["test"] else None,
     }
 
 
@@ -231,10 +186,11 @@ def run_bare(args: argparse.Namespace) -> dict:
     from nerlib.data import load_split
     from nerlib.features import IGNORE_INDEX, collate, length_grouped_batches
     from nerlib.labels import multinerd_label_set
-    from nerlib.loop import build_optimizer, effective_max_length, linear_schedule, prepare
-    from nerlib.modeling import load_model_for_training, load_tokenizer
-    from nerlib.kernels import use_cpu_training_settings
-    from nerlib.runtime import pad_multiple, resolve_device, resolve_precision, seed_everything
+    from nerlib.cpu_training import use_cpu_training_settings
+    from nerlib.devices import pad_multiple, resolve_device, resolve_precision, seed_everything
+    from nerlib.inference import prepare
+    from nerlib.modeling import effective_max_length, load_model_for_training, load_tokenizer, pad_token_id
+    from nerlib.run_setup import build_optimizer, linear_schedule
 
     defaults = TrainConfig()
     device = resolve_device(args.device)
@@ -249,7 +205,7 @@ def run_bare(args: argparse.Namespace) -> dict:
     max_length = effective_max_length(defaults.max_length, tokenizer, model)
     cache_dir = resolve_cache_dir(True, args.cache_dir)
     encoded = prepare(split, label_set, tokenizer, max_length, cache_dir).encoded
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     lengths, words_per_window = encoded.lengths, encoded.words_per_window()
     steps = math.ceil(len(encoded) / args.batch_size) * args.epochs
     optimizer = build_optimizer(model, args.lr, args.weight_decay, device)
@@ -437,7 +393,7 @@ def _group_by_length_option(training_arguments) -> dict:
 def child_main(args: argparse.Namespace) -> None:
     import torch
 
-    from nerlib.runtime import peak_gpu_memory_mib, resolve_device
+    from nerlib.devices import peak_gpu_memory_mib, resolve_device
 
     _configure(args)
     load_before = os.getloadavg()[0]
@@ -605,7 +561,7 @@ def environment_info() -> dict:
     import torch
     import transformers
 
-    from nerlib.runtime import cpu_has_native_bf16
+    from nerlib.devices import cpu_has_native_bf16
 
     return {
         "emulated_bf16": not torch.cuda.is_available() and not cpu_has_native_bf16(),

@@ -10,12 +10,12 @@ from .config import TrainConfig
 from .convert import convert
 from .data import Sentence, Split, load_split
 from .errors import ConfigError, DataError, ModelError, NerlibError
-from .evaluation import compute_metrics, evaluate
+from .evaluation import evaluate
 from .labels import FIVE_CLASSES, MULTINERD_CLASSES, MULTINERD_TAGS, LabelSet, auto_label_set, multinerd_label_set
 from .loop import train
 from .prediction import Entity, predict, split_words
-
-__version__ = "0.1.0"
+from .scoring import compute_metrics
+from .version import __version__
 
 __all__ = [
     "TrainConfig", "train", "evaluate", "predict", "convert", "Entity", "split_words", "compute_metrics", "load_split", "Sentence", "Split",

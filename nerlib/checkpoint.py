@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 
+from .cache import tokenizer_fingerprint
 from .errors import NerlibError
 
 try:
@@ -694,8 +695,6 @@ def fingerprint(splits, tokenizer, labels) -> dict:
                                 "sentences": len(split.sentences)}
         else:
             data[split.name] = {"file": source, "sentences": len(split.sentences)}
-    from .cache import tokenizer_fingerprint
-
     return {
         "data": data,
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),

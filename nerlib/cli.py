@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 from typing import Callable
 
-from .config import BACKENDS, ServeConfig, add_config_arguments, check_numbers, config_from_args
+from .config import BACKENDS, ServeConfig, TrainConfig, add_config_arguments, check_numbers, config_from_args
 from .convert import WRITERS, convert
 from .distributed import env_rank
 from .errors import ConfigError, NerlibError, TrainingStopped
-from .evaluation import evaluate, format_table, prepare_output_file
+from .evaluation import evaluate, prepare_output_file
 from .export import export, format_parity
 from .formats import ON_OVERLAP, ReadOptions
 from .html_report import entity_page_head, entity_page_tail, entity_page_text
-from .loop import train
+from .loop import METRICS_FILE, train
 from .prediction import predict_stream, read_texts
 from .reports import PLOTS_HINT, display_name, plots_available, table_format, write_metrics_table
 from .schemes import SCHEME_CHOICES
+from .scoring import format_table
 from .serve import serve
 from .text import json_line
 from .tracking import TENSORBOARD_DIR, TRAIN_LOG_FILE
@@ -147,8 +149,6 @@ def add_reading_arguments(parser: argparse.ArgumentParser, defaults: bool) -> No
 
 def saved_summary(metrics: dict) -> str:
     """Where a training run saved everything, one file a line."""
-    from .loop import METRICS_FILE
-
     output_dir = metrics["output_dir"]
     reports = metrics.get("reports", {})
     lines = [f"saved to {output_dir}:",
@@ -183,7 +183,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--max-samples", type=int, help="score only the first N sentences")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    add_precision_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="also report strict IOB2 entity scores")
     parser.add_argument("--no-cache", dest="cache", action="store_false",
                         help="tokenise the split again instead of using the tokenisation cache")
@@ -207,18 +207,21 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         prepare_output_file(args.table_out)
     options = dict(data=args.data, split=args.split, lang=args.lang, batch_size=args.batch_size,
                    max_length=args.max_length, max_samples=args.max_samples, device=args.device, amp=args.amp,
-                   predictions_out=args.predictions_out, cache=args.cache, cache_dir=args.cache_dir,
-                   tag_scheme=args.tag_scheme, token_column=args.token_column, tag_column=args.tag_column,
-                   on_overlap=args.on_overlap, backend=args.backend, int8=args.int8)
+                   amp_dtype=args.amp_dtype, predictions_out=args.predictions_out, cache=args.cache,
+                   cache_dir=args.cache_dir, tag_scheme=args.tag_scheme, token_column=args.token_column,
+                   tag_column=args.tag_column, on_overlap=args.on_overlap, backend=args.backend, int8=args.int8,
+                   trust_remote_code=args.trust_remote_code)
+    # --strict scores the same predictions a second way: the model runs once.
     metrics = evaluate(args.model_dir, confusion_out=args.confusion_out, report_out=args.report,
-                       report_json_out=args.report_json, report_sentences=args.report_sentences, **options)
+                       report_json_out=args.report_json, report_sentences=args.report_sentences,
+                       also_strict=args.strict, **options)
     if args.table_out:
         write_metrics_table(metrics, args.table_out)
         logger.info("wrote the per-type table to %s", args.table_out)
-    strict = evaluate(args.model_dir, strict=True, **{**options, "predictions_out": None}) if args.strict else None
+    strict = metrics.pop("strict_metrics", None)
     if args.json:
         if strict is not None:
-            metrics["strict"] = {k: strict[k] for k in ("precision", "recall", "f1", "accuracy", "words", "per_type")}
+            metrics["strict"] = strict
         say(json.dumps(metrics, indent=2))
         return 0
     scored = f"scored {metrics['words']} of {metrics['words_in_split']} words in {metrics['sentences']} sentences"
@@ -245,7 +248,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per inference batch (default: 32)")
     parser.add_argument("--max-length", type=int, help="window size in sub-tokens (default: the training one)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    add_precision_arguments(parser)
     parser.add_argument("--html", metavar="FILE", help="also write the texts with their entities highlighted to FILE.html")
     add_backend_arguments(parser)
     args = parser.parse_intermixed_args(argv)  # options may come before, between or after the texts
@@ -272,7 +275,8 @@ def predict_main(argv: list[str] | None = None) -> int:
             write(page, args.html, entity_page_head(f"Entities found by {display_name(args.model_dir)}"))
         types: dict[str, None] = {}
         for text, entities in predict_stream(args.model_dir, texts, args.batch_size, args.max_length, args.device,
-                                             args.amp, backend=args.backend, int8=args.int8):
+                                             args.amp, backend=args.backend, int8=args.int8, amp_dtype=args.amp_dtype,
+                                             trust_remote_code=args.trust_remote_code):
             write(out, name, json_line({"text": text, "entities": [e.to_dict() for e in entities]}))
             count += 1
             if page:
@@ -282,6 +286,15 @@ def predict_main(argv: list[str] | None = None) -> int:
             write(page, args.html, entity_page_tail(types))
     logger.info("tagged %d text(s)%s", count, f" into {args.output}" if args.output else "")
     return 0
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """--amp, --amp-dtype and --trust-remote-code of the inference commands, as `TrainConfig` defines them."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    parser.add_argument("--amp", action="store_true", help="mixed-precision inference")
+    parser.add_argument("--amp-dtype", default=fields["amp_dtype"].default, choices=("auto", "bf16", "fp16"),
+                        help=fields["amp_dtype"].metadata["help"])
+    parser.add_argument("--trust-remote-code", action="store_true", help=fields["trust_remote_code"].metadata["help"])
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:

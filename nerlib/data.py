@@ -33,6 +33,7 @@ from .formats import (
 )
 from .labels import LabelSet
 from .schemes import SchemeError, convert_to_bio, entity_counts
+from .text import looks_like_hub_id
 
 __all__ = ["DEFAULT_HUB_DATASET", "ReadOptions", "Sentence", "Split", "SplitNotFound", "all_tags", "canonical_split",
            "load_split", "parse_langs", "single_split_source", "split_of_file_name", "tag_ids"]
@@ -168,7 +169,7 @@ def load_split(data: str, split: str, lang: str = "en", options: ReadOptions = R
             f"after their split (train.txt, dev.conll, test.jsonl, eng.train, train.parquet, ...) or a "
             f"datasets.save_to_disk folder; name files with --train/--val/--test FILE"
         )
-    if _looks_like_hub_id(data):
+    if looks_like_hub_id(data, dataset=True):
         return _finish(split, f"hub:{data}", lang, [_read_hub(data, split, langs, options)])
     raise DataError(f"{data}: no such data folder or file")
 
@@ -260,11 +261,6 @@ def _summary_line(path: str, report: FileReport, scheme: str, sentences: list[Se
     if skipped:
         parts.append("skipped " + ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items())))
     return f"{path}: " + "; ".join(parts)
-
-
-def _looks_like_hub_id(data: str) -> bool:
-    parts = data.split(":", 1)[0].split("/")
-    return len(parts) == 2 and all(parts) and not data.startswith((".", "~", "/"))
 
 
 def _hub_file_lang(path: str) -> str | None:

@@ -33,9 +33,7 @@ import torch.distributed as dist
 from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, CorruptCheckpoint, Found, checkpoints_root, find_resumable,
                          local_copy_problem, manifest_digest, read_checkpoint)
 from .errors import ConfigError
-from .evaluation import assemble_words, predict_encoded, predict_windows
-from .features import Encoded
-from .runtime import resolve_device
+from .devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +71,6 @@ def env_rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """True on rank 0 and in any process not started by torchrun."""
-    return env_rank() == 0
 
 
 def _distributed_device(name: str, local_rank: int) -> torch.device:
@@ -270,61 +263,6 @@ def broadcast_model(model: torch.nn.Module, world: World) -> None:
     with torch.no_grad():
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
-
-
-def shard_windows(encoded: Encoded, rank: int, world_size: int) -> np.ndarray:
-    """This rank's evaluation windows: every `world_size`-th window, longest first.
-
-    Dealing the length-sorted windows in turn gives each rank a similar amount of work; the
-    shards are disjoint and cover every window, with no padding (so no window is counted twice).
-    """
-    order = np.argsort(-encoded.lengths, kind="stable")
-    return order[rank::world_size]
-
-
-def predict_sharded(model: torch.nn.Module, encoded: Encoded, pad_id: int, batch_size: int, device: torch.device,
-                    autocast: contextlib.AbstractContextManager | None, world: World | None) -> list[np.ndarray]:
-    """Predict every word of a split with the work shared among ranks; every rank gets the whole result.
-
-    Args:
-        model: the unwrapped model (its forward must not involve other ranks).
-        encoded: the split's windows, the same on every rank.
-        pad_id, batch_size, device, autocast: as for `predict_encoded`.
-        world: the ranks; None or a single process predicts everything here.
-
-    Returns:
-        For each sentence, its words' predicted label ids (as `predict_encoded`).
-
-    Raises:
-        RuntimeError: a word predicted by no rank or by more than one.
-    """
-    if world is None or not world.distributed:
-        return predict_encoded(model, encoded, pad_id, batch_size, device, autocast)
-    mine = shard_windows(encoded, world.rank, world.size)
-    predictions = predict_windows(model, encoded, mine, pad_id, batch_size, device, autocast)
-    flat = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
-    gathered: list = [None] * world.size
-    dist.all_gather_object(gathered, (mine, flat))
-    return assemble_words(encoded, *merge_shards(encoded, gathered))
-
-
-def merge_shards(encoded: Encoded,
-                 gathered: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Join the ranks' `(window indices, flat word predictions)` into per-window predictions.
-
-    Returns:
-        `(windows, predictions)`: all the gathered window indices and, for each, its words' ids.
-    """
-    words_per_window = encoded.words_per_window()
-    windows, predictions = [], []
-    for indices, flat in gathered:
-        indices = np.asarray(indices, dtype=np.int64)
-        counts = words_per_window[indices]
-        if int(counts.sum()) != len(flat):
-            raise RuntimeError(f"a rank sent {len(flat)} predictions for windows of {int(counts.sum())} words")
-        windows.append(indices)
-        predictions.extend(np.split(flat, np.cumsum(counts)[:-1]) if len(indices) else [])
-    return (np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)), predictions
 
 
 def barrier(world: World) -> None:

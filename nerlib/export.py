@@ -29,12 +29,14 @@ import torch
 from .cache import resolve_cache_dir
 from .data import Split, load_split
 from .errors import ConfigError, NerlibError, import_optional
-from .labels import LabelSet, entity_spans
-from .loop import effective_max_length, evaluate_prepared, prepare
-from .modeling import NERLIB_CONFIG_FILE, load_trained, read_nerlib_info
+from .config import TrainConfig
+from .devices import Precision
+from .evaluation import evaluate_prepared
+from .inference import prepare
+from .labels import LabelSet, entity_spans, tags_of
+from .modeling import NERLIB_CONFIG_FILE, load_for_inference, load_trained, pad_token_id, read_nerlib_info
 from .onnx_backend import EXTRA, INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
 from .prediction import Entity, predict_loaded
-from .runtime import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +107,11 @@ def export(
         import_optional(module, EXTRA, "ONNX export")
     output_dir = os.path.normpath(output_dir)
     _check_output_dir(output_dir, model_dir, overwrite)
-    info = read_nerlib_info(model_dir)
-    tokenizer, model, label_set = load_trained(model_dir, backend="torch")
-    model.to("cpu")
-    window = effective_max_length(info.get("config", {}).get("max_length", 512), tokenizer, model)
-    split = None if parity_texts is not None else _parity_split(info, parity_data, parity_split, lang, parity_samples)
+    info = read_nerlib_info(model_dir)  # copied into the export, with a record of it
+    loaded = load_for_inference(model_dir, device="cpu", backend="torch")
+    tokenizer, model, label_set, window = loaded.tokenizer, loaded.model, loaded.label_set, loaded.max_length
+    split = None if parity_texts is not None else _parity_split(loaded.trained, parity_data, parity_split, lang,
+                                                                parity_samples)
 
     partial = output_dir + ".partial"
     try:
@@ -172,25 +174,25 @@ def _write_export(model, tokenizer, folder: str, int8: bool) -> list[str]:
     return files
 
 
-def _parity_split(info: dict, data: str | None, split: str, lang: str | None, samples: int | None) -> Split:
+def _parity_split(trained: TrainConfig | None, data: str | None, split: str, lang: str | None,
+                  samples: int | None) -> Split:
     """The split to check on, read before the export so that a bad source fails at once."""
-    trained_with = info.get("config", {})
-    data = data or trained_with.get("data")
+    data = data or (trained.data if trained is not None else None)
     if not data:
         raise ConfigError("no parity data: pass --parity-texts FILE or --parity-data (the model records no "
                           "training data)")
-    return load_split(data, split, lang or trained_with.get("lang", "en")).head(samples)
+    return load_split(data, split, lang or (trained.lang if trained is not None else "en")).head(samples)
 
 
 def _entities_of(label_ids: np.ndarray, labels: Sequence[str]) -> list[tuple[str, int, int]]:
-    return entity_spans([labels[i] for i in label_ids])
+    return entity_spans(tags_of(label_ids, labels))
 
 
 def _parity_on_split(tokenizer, model, label_set: LabelSet, exported: dict, split: Split, window: int,
                      batch_size: int) -> dict:
     """F1 against gold and sentences whose entities differ from PyTorch's, through evaluation's path."""
     prepared = prepare(split, label_set, tokenizer, window, resolve_cache_dir(True, None))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     cpu = torch.device("cpu")
     fp32 = Precision(cpu, None)
     reference_metrics, reference_ids = evaluate_prepared(model, prepared, label_set, pad_id, batch_size, cpu, fp32)

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Sequence
 from .errors import ConfigError, DataError
 from .labels import MULTINERD_TAGS, entity_spans
 from .schemes import SCHEME_CHOICES, split_tag, to_bio
-from .text import json_line, split_words
+from .text import json_line, split_words, utf8_lines
 
 logger = logging.getLogger(__name__)
 
@@ -151,13 +151,7 @@ def decoded_lines(path: str) -> Iterator[tuple[int, str]]:
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
     with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-                ) from None
+        for number, text in utf8_lines(handle, path):
             if number == 1 and text.startswith("\ufeff"):
                 text = text[1:]
             yield number, text.rstrip("\r\n")

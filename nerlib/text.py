@@ -1,4 +1,5 @@
-"""Words of raw text: the one word splitter that prediction and character-offset data share.
+"""Text: the one word splitter that prediction and character-offset data share, the one UTF-8
+line reader of data files and prediction input, one JSON line, and what reads as a hub id.
 
 Pure Python (no torch), so the data readers can split annotated text exactly as `nerlib.predict`
 splits what it is given, and training and prediction see the same words.
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import unicodedata
+from typing import BinaryIO, Iterator
+
+from .errors import DataError
 
 
 # The planes that hold combining marks: the BMP, the Supplementary Multilingual Plane (Brahmi,
@@ -91,6 +96,61 @@ def split_words(text: str) -> list[tuple[int, int]]:
             continue
         spans.append(match.span())
     return spans
+
+
+def decode_utf8(raw: bytes, name: str, first_line: int = 1) -> str:
+    """`raw` decoded as UTF-8.
+
+    Args:
+        raw: a line, or a whole input whose first line is number `first_line`.
+        name: the file (or stream) named in the error.
+
+    Raises:
+        DataError: `raw` is not UTF-8, naming the line, the byte and its column.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{name}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column})") from None
+
+
+def utf8_lines(handle: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of each line of a binary stream.
+
+    Only the line ending (`\\n` or `\\r\\n`) is dropped, so character offsets point into the
+    line as it was read.
+
+    Raises:
+        DataError: a line is not UTF-8 (see `decode_utf8`).
+    """
+    for number, raw in enumerate(handle, start=1):
+        if raw.endswith(b"\r\n"):
+            raw = raw[:-2]
+        elif raw.endswith(b"\n"):
+            raw = raw[:-1]
+        yield number, decode_utf8(raw, name, number)
+
+
+# A Hugging Face hub id: `name` or `owner/name` of letters, digits, `_`, `.` and `-`.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_like_hub_id(name: str, dataset: bool = False) -> bool:
+    """Whether `name` reads as a hub id rather than a path (`./x`, `/a/b/c`, an existing file).
+
+    Args:
+        name: a `--model` or `--data` value.
+        dataset: a dataset id: `owner/name`, optionally followed by `:config`.
+    """
+    if os.path.exists(name):
+        return False
+    if dataset:
+        name = name.split(":", 1)[0]
+        if name.count("/") != 1:
+            return False
+    return bool(_HUB_ID.match(name))
 
 
 # Characters that end a line for some line splitters (Python's str.splitlines, JavaScript) but that

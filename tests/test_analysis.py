@@ -10,7 +10,7 @@ from nerlib.analysis import (
     EXACT, MISSED, OUTCOMES, SPURIOUS, WRONG_BOUNDARY, WRONG_BOUNDARY_AND_TYPE, WRONG_TYPE, Outcome, analyse,
     bucket_name, classify_sentence, classify_spans, training_surface_forms,
 )
-from nerlib.evaluation import compute_metrics
+from nerlib.scoring import compute_metrics
 
 # Each sentence: tokens, gold tags, predicted tags; the comments give the outcomes worked out by hand.
 HAND_BUILT = [

@@ -77,10 +77,8 @@ def test_tiny_run_of_every_side_but_bf16(hub_folder, tiny_encoder, tmp_path, mon
         assert runs[name]["train_words_per_s"] > 0 and runs[name]["eval_words_per_s"] > 0
         assert 0 <= runs[name]["f1"] <= 1 and 0 < runs[name]["padding_efficiency"] <= 1
     assert runs["nerlib"]["train_cpu_seconds"] > 0 and report["summary"]["loop_efficiency"] > 0
-    # The nerlib run leaves nerlib's loop as it found it.
-    import nerlib.loop
-
-    assert nerlib.loop.evaluate_prepared.__module__ == "nerlib.loop"
+    # nerlib's clocks are train()'s own phase times (no patching of the library, no log parsing).
+    assert runs["nerlib"]["eval_cpu_seconds"] > 0 and runs["nerlib"]["startup_seconds"] > 0
 
 
 def write_invocation(path, seed, runs, **settings):

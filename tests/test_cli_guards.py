@@ -115,8 +115,7 @@ def test_cli_numeric_flags_fail_before_anything_loads(main, args, message, tmp_p
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, tiny_encoder):
     """An untrained model saved as train.py saves one (weights, tokenizer, nerlib_config.json), and its data."""
-    from nerlib.loop import save_model
-    from nerlib.modeling import load_model_for_training, load_tokenizer
+    from nerlib.modeling import load_model_for_training, load_tokenizer, save_model
 
     root = tmp_path_factory.mktemp("saved-model")
     data = write_hub_folder(root / "data")

@@ -18,11 +18,10 @@ from conftest import ROOT, write_hub_folder
 from nerlib import TrainConfig, train
 from nerlib.data import Sentence, load_split
 from nerlib.distributed import (
-    World, all_reduce_sum, loss_scale, merge_shards, num_shared_batches, setup, shard_batches, shard_windows,
-    teardown, wrap_model,
+    World, all_reduce_sum, loss_scale, num_shared_batches, setup, shard_batches, teardown, wrap_model,
 )
 from nerlib.errors import ConfigError
-from nerlib.evaluation import assemble_words, predict_encoded, predict_windows
+from nerlib.inference import assemble_words, merge_shards, predict_windows, predict_words, shard_windows
 from nerlib.features import IGNORE_INDEX, Encoded, encode, length_grouped_batches, shuffled_batches
 from nerlib.labels import multinerd_label_set
 
@@ -141,10 +140,10 @@ def test_predicting_shards_equals_predicting_everything(tiny_encoder, tiny_token
     gathered = []
     for rank in range(3):
         windows = shard_windows(encoded, rank, 3)
-        gathered.append((windows, np.concatenate(predict_windows(model, encoded, windows, pad_id=0, batch_size=4))))
+        gathered.append((windows, np.concatenate(predict_windows(model, encoded, windows, pad_id=0, batch_size=4)[0])))
 
     sharded = assemble_words(encoded, *merge_shards(encoded, gathered))
-    whole = predict_encoded(model, encoded, pad_id=0, batch_size=4)
+    whole = predict_words(model, encoded, pad_id=0, batch_size=4).label_ids
     assert [s.tolist() for s in sharded] == [w.tolist() for w in whole]
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nerlib.data import Sentence
-from nerlib.evaluation import compute_metrics, format_table, predict_encoded
+from nerlib.inference import predict_words
+from nerlib.scoring import compute_metrics, format_table
 from nerlib.features import encode
 from nerlib.labels import multinerd_label_set
 
@@ -53,7 +54,7 @@ def test_predictions_come_back_to_every_word_across_windows(tiny_tokenizer):
     sentences = [Sentence(tuple(words), ("O",) * len(words), "m", 1), Sentence(("bob", "."), ("O", "O"), "m", 2)]
     encoded = encode(sentences, five, tiny_tokenizer, max_length=9)
     assert len(encoded) > 4
-    predicted = predict_encoded(EchoModel(five.num_labels), encoded, pad_id=0, batch_size=3)
+    predicted = predict_words(EchoModel(five.num_labels), encoded, pad_id=0, batch_size=3).label_ids
     vocab = tiny_tokenizer.get_vocab()
     for sentence, pred in zip(sentences, predicted):
         first_pieces = [tiny_tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in sentence.tokens]
@@ -69,7 +70,7 @@ def test_format_table_lists_types_and_words():
 
 
 def test_cpu_inference_in_threads_matches_one_window_at_a_time(tiny_encoder, tiny_tokenizer):
-    from nerlib.evaluation import predict_windows
+    from nerlib.inference import predict_windows
     from nerlib.modeling import load_model_for_training
 
     five = multinerd_label_set("five")

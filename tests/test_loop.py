@@ -19,7 +19,7 @@ from nerlib.checkpoint import CheckpointError
 from nerlib.config import TrainConfig
 from nerlib.labels import multinerd_label_set
 from nerlib.modeling import load_model_for_training
-from nerlib.runtime import Precision
+from nerlib.devices import Precision
 
 from conftest import build_tiny_encoder, write_hub_folder
 
@@ -198,3 +198,18 @@ def test_a_changed_configuration_is_refused_before_any_state_is_restored(train_o
     changed = TrainConfig(**{**config.to_dict(), "lr": 1e-3, "resume": True})
     with pytest.raises(CheckpointError, match=r"refusing to resume .*lr: 2e-05 -> 0\.001"):
         nerlib.train(changed)
+
+
+def test_metrics_report_the_time_of_each_phase(hub_folder, tiny_encoder, tmp_path):
+    """startup, training, validation and test: each measured once, inside the run's wall time."""
+    config = TrainConfig(labels="five", data=hub_folder, model=tiny_encoder, output_dir=str(tmp_path / "out"),
+                         epochs=2, batch_size=8, lr=5e-3, max_length=32, max_train_samples=24, max_eval_samples=8,
+                         progress=False)
+    metrics = nerlib.train(config)
+    wall, cpu = metrics["phase_seconds"], metrics["phase_cpu_seconds"]
+    assert set(wall) == set(cpu) == {"startup", "training", "validation", "test"}
+    assert all(seconds > 0 for seconds in [*wall.values(), *cpu.values()])
+    # Training is the optimizer steps, as train_seconds counts them; test is the test pass alone.
+    assert wall["training"] == pytest.approx(metrics["train_seconds"], rel=1e-9)
+    assert wall["test"] == metrics["test_seconds"]
+    assert sum(wall.values()) < metrics["wall_time_s"]

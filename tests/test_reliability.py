@@ -20,7 +20,7 @@ from nerlib import checkpoint as ckpt
 from nerlib.config import TrainConfig
 from nerlib.checkpoint import CheckpointError, OutputDirLocked, SaveError
 from nerlib.errors import ConfigError, NonFiniteLoss
-from nerlib.runtime import Precision
+from nerlib.devices import Precision
 
 from conftest import ROOT, cli_command, cli_env, run_cli
 
@@ -254,9 +254,9 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_used(reference, 
 
 
 def test_every_key_of_the_loop_state_is_checked_when_a_checkpoint_is_read():
-    from nerlib.loop import _fresh_state
+    from nerlib.loop import TrainState
 
-    fresh = _fresh_state(TrainConfig(), {"labels": []})
+    fresh = TrainState(config=TrainConfig().run_settings(), fingerprint={"labels": []}).to_dict()
     assert list(fresh) == list(ckpt.STATE_KEY_TYPES)
     assert set(ckpt.REQUIRED_STATE_KEYS) == set(fresh) - set(ckpt.OPTIONAL_STATE_KEYS)
     assert all(isinstance(value, ckpt.STATE_KEY_TYPES[key]) for key, value in fresh.items())

@@ -19,12 +19,13 @@ import pytest
 import nerlib
 from nerlib.cli import evaluate_main, run, train_main
 from nerlib.errors import ConfigError
-from nerlib.evaluation import compute_metrics
 from nerlib.labels import entity_spans, multinerd_label_set
 from nerlib.reports import (
-    Confusion, confusion_counts, format_metrics_table, model_card, plot_confusion, plot_training_curves,
+    Confusion, confusion_counts, model_card, plot_confusion, plot_training_curves,
     write_metrics_table, write_reports,
 )
+
+from nerlib.scoring import compute_metrics, format_table
 
 from conftest import write_hub_folder
 
@@ -90,7 +91,7 @@ METRICS = {
 
 
 def test_metrics_table_as_markdown_and_csv(tmp_path):
-    assert format_metrics_table(METRICS, "md") == (
+    assert format_table(METRICS, "md") == (
         "| type | precision | recall | f1 | support |\n"
         "|:-----|----------:|-------:|---:|--------:|\n"
         "| LOC | 1.0000 | 0.5000 | 0.6667 | 2 |\n"
@@ -216,8 +217,8 @@ def test_evaluate_cli_writes_tables_and_confusion(finished_run, tmp_path):
     assert run(evaluate_main, args + ["--table-out", str(md), "--confusion-out", str(png)]) == 0
     assert run(evaluate_main, args + ["--table-out", str(csv_path)]) == 0
     metrics = nerlib.evaluate(finished_run.model_dir, split="val", device="cpu")
-    assert md.read_text(encoding="utf-8") == format_metrics_table(metrics, "md")
-    assert csv_path.read_text(encoding="utf-8") == format_metrics_table(metrics, "csv")
+    assert md.read_text(encoding="utf-8") == format_table(metrics, "md")
+    assert csv_path.read_text(encoding="utf-8") == format_table(metrics, "csv")
     assert_sensible_image(str(png))
 
 

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from nerlib.evaluation import compute_metrics
 from nerlib.labels import multinerd_label_set
-from nerlib.scoring import bio_scheme, score_label_ids, score_predictions
+from nerlib.scoring import bio_scheme, compute_metrics, score_label_ids, score_predictions
 
 FIVE = multinerd_label_set("five").labels  # O B-PER I-PER B-ORG I-ORG B-LOC I-LOC B-ANIM I-ANIM B-DIS I-DIS
 

@@ -6,10 +6,9 @@ import sys
 import pytest
 import torch
 
-from nerlib import kernels
-from nerlib.kernels import (CPU_ATTENTION, CpuDropout, dropout_cpu, use_cpu_attention, use_cpu_dropout,
-                           use_cpu_training_settings)
-from nerlib.runtime import keep_freed_memory_for_reuse, release_freed_memory
+from nerlib import cpu_training
+from nerlib.cpu_training import (CPU_ATTENTION, CpuDropout, dropout_cpu, keep_freed_memory_for_reuse,
+                                 release_freed_memory, use_cpu_attention, use_cpu_dropout, use_cpu_training_settings)
 
 KEEP_BELOW = round(0.9 * 65536)  # p = 0.1 rounded to a multiple of 1/65536
 SCALE = 65536 / KEEP_BELOW
@@ -59,7 +58,7 @@ def test_both_byte_orders_give_the_same_mask(monkeypatch):
     hidden = torch.ones(1001)  # not a multiple of three draws
     torch.manual_seed(5)
     native = dropout_cpu(hidden, 0.3)
-    monkeypatch.setattr(kernels.sys, "byteorder", "big" if sys.byteorder == "little" else "little")
+    monkeypatch.setattr(cpu_training.sys, "byteorder", "big" if sys.byteorder == "little" else "little")
     torch.manual_seed(5)
     assert torch.equal(dropout_cpu(hidden, 0.3), native)
 
@@ -130,9 +129,9 @@ def test_cpu_attention_computes_sdpa_attention_with_its_mask():
     assert use_cpu_attention(model) is True
     assert model.config._attn_implementation == CPU_ATTENTION
     calls = []
-    original = kernels.dropout_cpu
+    original = cpu_training.dropout_cpu
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernels, "dropout_cpu", lambda hidden, p: calls.append(p) or original(hidden, p))
+        patch.setattr(cpu_training, "dropout_cpu", lambda hidden, p: calls.append(p) or original(hidden, p))
         logits = model(**PADDED).logits
     assert calls == [1e-7, 1e-7]  # one explicit attention a layer
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

@@ -1,12 +1,15 @@
-"""A cheaper CPU dropout, the one framework kernel the training profile showed to be slow.
+"""What CPU training changes: a cheaper dropout, an attention that uses it, and glibc's memory reuse.
+
+The dropout is the one framework kernel the training profile showed to be slow.
 
 torch's CPU dropout draws one Bernoulli sample per element from a serial generator: about 10 ns
-an element whatever the thread count, some 9% of a MiniLM training step on two cores. Here the
+an element whatever the thread count, a visible share of a CPU training step (docs/performance.md
+has the profile). Here the
 random numbers are drawn as 64-bit integers in bulk and each is cut into three 16-bit draws, which
 costs a fraction of that. The mathematics is dropout's: every element is kept independently with
 probability `1 - p` (rounded to a multiple of 1/65536) and scaled by the exact inverse of that
 probability, so each element's expectation is unchanged. The draws come from torch's default
-generator, so seeding, checkpointed RNG state and resuming work as before.
+generator, so seeding, checkpointed RNG state and resuming cover them.
 
 The attention probabilities are dropped out inside `scaled_dot_product_attention`, out of reach
 of a module swap, so CPU training also gets an attention function (`cpu_attention`) that computes
@@ -16,12 +19,60 @@ SDPA attention.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import sys
 from typing import Any
 
 import torch
 
-from .runtime import keep_freed_memory_for_reuse
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024   # glibc's largest allowed value on 64-bit machines
+_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc():
+    """The C library where it is glibc on Linux (it has mallopt and malloc_trim), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # musl and others lack them: AttributeError
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Let glibc reuse freed tensor memory instead of returning it to the kernel at every free.
+
+    A CPU training step allocates and frees hundreds of activation and gradient tensors of
+    0.1-30 MB. By default glibc serves each one over 128 KiB with a fresh mmap and unmaps it on
+    free, so every step pays page faults that zero that memory again (docs/performance.md
+    has the share of a step). Raising the mmap and trim thresholds keeps such blocks in the heap for
+    the next step; `release_freed_memory` hands them back when the steps are over.
+    Process-wide; a no-op where the C library is not glibc.
+
+    Returns:
+        True where the thresholds were set.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    # mallopt returns 1 on success.
+    done = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    return libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and done
+
+
+def release_freed_memory() -> None:
+    """Return the free memory glibc holds to the kernel (after the training steps of an epoch)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
 
 _DRAW_RANGE = 1 << 16   # each draw is a 16-bit integer
 _DRAWS_PER_WORD = 3     # torch's 64-bit draws have 63 random bits: the low 48 give three draws
@@ -135,9 +186,11 @@ def use_cpu_attention(model: torch.nn.Module) -> bool:
         True where the model was switched; False where it uses another attention (eager, flash, a
         model without transformers' attention interface), which is left as it is.
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
+    try:  # transformers' attention and mask registries (transformers 4.56 and later)
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:
+        return False
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False

@@ -1,15 +1,10 @@
-"""Devices, mixed precision and seeding."""
+"""Where and how a run computes: the device, mixed precision, TF32, threads and seeding."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import logging
-import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,7 +187,7 @@ def pad_multiple(device: torch.device) -> int:
     """The multiple that batches are padded to on `device`.
 
     8 on CUDA, so that fp16/bf16 matmuls use tensor cores; 1 on CPUs, where every padded
-    position is wasted work (rounding to 8 costs about 10% more tokens on MultiNERD's short
+    position is wasted work (rounding to 8 adds tokens on MultiNERD's short
     sentences).
     """
     return 8 if device.type == "cuda" else 1
@@ -208,54 +203,3 @@ def seed_everything(seed: int) -> None:
 def configure_threads(num_threads: int | None) -> None:
     if num_threads is not None:
         torch.set_num_threads(num_threads)
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024   # glibc's largest allowed value on 64-bit machines
-_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
-
-
-@functools.lru_cache(maxsize=None)
-def _glibc():
-    """The C library where it is glibc on Linux (it has mallopt and malloc_trim), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # musl and others lack them: AttributeError
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def keep_freed_memory_for_reuse() -> bool:
-    """Let glibc reuse freed tensor memory instead of returning it to the kernel at every free.
-
-    A CPU training step allocates and frees hundreds of activation and gradient tensors of
-    0.1-30 MB. By default glibc serves each one over 128 KiB with a fresh mmap and unmaps it on
-    free, so every step pays page faults that zero that memory again (6-10% of a MiniLM
-    step on two cores). Raising the mmap and trim thresholds keeps such blocks in the heap for
-    the next step; `release_freed_memory` hands them back when the steps are over.
-    Process-wide; a no-op where the C library is not glibc.
-
-    Returns:
-        True where the thresholds were set.
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    # mallopt returns 1 on success.
-    done = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
-    return libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and done
-
-
-def release_freed_memory() -> None:
-    """Return the free memory glibc holds to the kernel (after the training steps of an epoch)."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def offline_hint() -> str:
-    return "" if os.environ.get("HF_HUB_OFFLINE") else " (set HF_HUB_OFFLINE=1 to skip hub look-ups)"

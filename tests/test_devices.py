@@ -1,4 +1,4 @@
-"""Device-dependent choices of the runtime: padding, precision by device, TF32.
+"""Device-dependent choices of the devices module: padding, precision by device, TF32.
 
 No GPU is needed: the CUDA branches are driven by the facts they read (compute capability,
 device name), faked where torch would ask a real GPU.
@@ -11,7 +11,7 @@ import torch
 
 from nerlib.config import TrainConfig, add_config_arguments, config_from_args
 from nerlib.errors import ConfigError
-from nerlib.runtime import (choose_autocast_dtype, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
+from nerlib.devices import (choose_autocast_dtype, fp32_matmul_precision, pad_multiple, peak_gpu_memory_mib,
                             resolve_precision)
 
 BF16, FP16 = torch.bfloat16, torch.float16
@@ -59,7 +59,7 @@ def test_without_amp_every_device_trains_in_fp32(device_type, capability, amp_dt
 
 def test_cpus_use_bf16_only_where_native_or_forced(caplog):
     assert choose_autocast_dtype("cpu", True, "auto", cpu_native_bf16=True) is BF16
-    with caplog.at_level(logging.WARNING, logger="nerlib.runtime"):
+    with caplog.at_level(logging.WARNING, logger="nerlib.devices"):
         assert choose_autocast_dtype("cpu", True, "auto", cpu_native_bf16=False) is None
         assert choose_autocast_dtype("cpu", True, "bf16", cpu_native_bf16=False) is BF16
     assert "training stays in fp32" in caplog.text and "emulated" in caplog.text
@@ -111,7 +111,7 @@ def matmul_precision_restored():
 
 def test_tf32_is_on_by_default_on_an_ampere_gpu_and_restored_after(two_fake_gpus, matmul_precision_restored, caplog):
     assert TrainConfig().tf32 is True
-    with caplog.at_level(logging.INFO, logger="nerlib.runtime"):
+    with caplog.at_level(logging.INFO, logger="nerlib.devices"):
         with fp32_matmul_precision(torch.device("cuda", 1), TrainConfig().tf32) as tf32:
             assert tf32 is True
             assert torch.backends.cuda.matmul.fp32_precision == "tf32"
@@ -122,7 +122,7 @@ def test_tf32_is_on_by_default_on_an_ampere_gpu_and_restored_after(two_fake_gpus
 
 def test_no_tf32_keeps_fp32_matmuls_in_full_fp32(two_fake_gpus, matmul_precision_restored, caplog):
     torch.set_float32_matmul_precision("high")  # even where the caller had turned TF32 on
-    with caplog.at_level(logging.INFO, logger="nerlib.runtime"):
+    with caplog.at_level(logging.INFO, logger="nerlib.devices"):
         with fp32_matmul_precision(torch.device("cuda", 1), False) as tf32:
             assert tf32 is False
             assert torch.backends.cuda.matmul.fp32_precision == "ieee"
@@ -132,7 +132,7 @@ def test_no_tf32_keeps_fp32_matmuls_in_full_fp32(two_fake_gpus, matmul_precision
 
 
 def test_tf32_is_reported_absent_before_ampere_and_untouched_on_cpus(two_fake_gpus, matmul_precision_restored, caplog):
-    with caplog.at_level(logging.INFO, logger="nerlib.runtime"):
+    with caplog.at_level(logging.INFO, logger="nerlib.devices"):
         with fp32_matmul_precision(torch.device("cuda", 0), True) as tf32:
             assert tf32 is False
     assert "Tesla V100-SXM2-16GB (compute capability 7.0) has no TF32 tensor cores" in caplog.text
