@@ -48,7 +48,8 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     rank = env_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets"):
+    # onnxscript and onnx_ir report every graph rewrite of an ONNX export at INFO.
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging

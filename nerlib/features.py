@@ -189,7 +189,9 @@ def encode(sentences: Sequence[Sentence], label_set: LabelSet, tokenizer, max_le
 
 def _word_pieces(tokenizer, token_lists: list[list[str]]) -> list[list[list[int]]]:
     """For each sentence, the sub-token ids of each word (never empty)."""
-    encoding = tokenizer(token_lists, is_split_into_words=True, add_special_tokens=False)
+    # verbose=False: a sentence longer than the model is cut into windows afterwards, so the
+    # tokenizer's warning that it is too long for the model would mislead.
+    encoding = tokenizer(token_lists, is_split_into_words=True, add_special_tokens=False, verbose=False)
     result = []
     for row, words in enumerate(token_lists):
         pieces: list[list[int]] = [[] for _ in words]

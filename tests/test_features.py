@@ -135,6 +135,23 @@ def test_encode_windows_long_sentences_without_losing_words(tiny_tokenizer):
     assert encoded.words_per_window().sum() == encoded.num_words == 43
 
 
+def test_a_sentence_longer_than_the_model_is_windowed_without_the_tokenizers_length_warning(tiny_encoder, caplog):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder, model_max_length=16)  # a fresh one: it warns once
+    tokens = ["alice", "saw", "the", "fox", "in", "paris"] * 7
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            encoded = encode([_sentence(tokens, ["O"] * len(tokens))], multinerd_label_set("five"), tokenizer,
+                             max_length=16)
+    finally:
+        hf_logging.disable_propagation()
+    assert len(encoded) > 1 and encoded.num_words == len(tokens)  # the sentence was longer than the model
+    assert not [r for r in caplog.records if "longer than the specified maximum" in r.getMessage()], caplog.text
+
+
 def test_padding_efficiency_counts_padding_as_collate_pads():
     lengths = np.array([3, 5, 2, 8])
     batches = [np.array([0, 1]), np.array([2, 3])]
