@@ -43,6 +43,22 @@ def test_ratios_and_targets():
     assert summary["targets"]["padding_efficiency"] and summary["targets"]["loop_efficiency"]
 
 
+def test_the_bf16_target_is_judged_only_where_bf16_is_native(tmp_path):
+    bench = load_bench()
+    results = {"nerlib": run(1000.0, 3000.0, f1=0.9, padding=0.94), "trainer-bf16": run(50.0, 400.0, f1=0.9)}
+    native = bench.summarise(results)
+    assert native["targets"]["train_vs_trainer_bf16"] is True  # 20x
+    emulated = bench.summarise(results, native_bf16=False)
+    assert emulated["train_vs_trainer_bf16"] == pytest.approx(20.0)  # still shown
+    assert emulated["targets"]["train_vs_trainer_bf16"] is None
+    args = bench.parse_args(["--data", str(tmp_path), "--model", str(tmp_path), "--runs", "nerlib,trainer-bf16"])
+    environment = {"torch": "2.x", "transformers": "5.x", "cpu": "x86_64 AVX2", "cpu_count": 2, "load_average": 0.0,
+                   "emulated_bf16": True}
+    (line,) = [line for line in bench.format_report(args, results, {}, emulated, environment).splitlines()
+               if line.startswith("nerlib / Trainer bf16+grouped")]
+    assert "not comparable here" in line and "met" not in line and "MISSED" not in line
+
+
 def test_missing_runs_give_no_verdict():
     summary = load_bench().summarise({"nerlib": run(1000.0, padding=0.5)})
     assert summary["train_vs_trainer"] is None and summary["targets"]["train_vs_trainer"] is None
@@ -79,6 +95,9 @@ def test_tiny_run_of_every_side_but_bf16(hub_folder, tiny_encoder, tmp_path, mon
     assert runs["nerlib"]["train_cpu_seconds"] > 0 and report["summary"]["loop_efficiency"] > 0
     # nerlib's clocks are train()'s own phase times (no patching of the library, no log parsing).
     assert runs["nerlib"]["eval_cpu_seconds"] > 0 and runs["nerlib"]["startup_seconds"] > 0
+    # The Trainer's training clock starts, as nerlib's does, once its loader, optimizer and schedule exist.
+    assert runs["trainer"]["train_clock_started_after"] == ["lr_scheduler", "optimizer", "train_dataloader"]
+    assert 0 < runs["trainer"]["train_seconds"] < runs["trainer"]["wall_seconds"]
 
 
 def write_invocation(path, seed, runs, **settings):
