@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .analysis import ERROR_CLASSES, analyse, training_surface_forms
+from .config import TrainConfig
 from .html_report import OUTCOME_NAMES, write_report
 from .errors import ConfigError
 from .labels import LabelSet, entity_spans, tags_of
@@ -293,13 +294,13 @@ def display_name(source: str) -> str:
     return name
 
 
-def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence[str] = (),
+def model_card(metrics: dict, config: TrainConfig, label_set: LabelSet, plots: Sequence[str] = (),
                error_report: dict | None = None, error_report_file: str | None = None) -> str:
     """A model card (README.md) for a trained model folder.
 
     Args:
         metrics: the contents of `metrics.json`.
-        config: the training configuration (`TrainConfig.to_dict()`).
+        config: the training configuration.
         label_set: the labels the model predicts.
         plots: file names of images in the model folder to show.
         error_report: the test split's error report (`build_error_report`), summarised and linked.
@@ -311,8 +312,8 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
     """
     meta = ["---", "library_name: transformers", "pipeline_tag: token-classification",
             "tags:", "- token-classification", "- ner", "- nerlib"]
-    base_model = display_name(config.get("model", ""))
-    if looks_like_hub_id(str(config.get("model", ""))) or hub_id_of_cache_path(str(config.get("model", ""))):
+    base_model = display_name(config.model)
+    if looks_like_hub_id(str(config.model)) or hub_id_of_cache_path(str(config.model)):
         meta.append(f"base_model: {base_model}")
     meta.append("---")
     classes = ", ".join(label_set.classes)
@@ -325,15 +326,15 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
         "",
         "## Data",
         "",
-        f"- source: `{display_name(config.get('data', ''))}`, language `{config.get('lang')}`",
-        f"- training: {_first_n(config.get('max_train_samples'))} sentences of the train split, "
+        f"- source: `{display_name(config.data)}`, language `{config.lang}`",
+        f"- training: {_first_n(config.max_train_samples)} sentences of the train split, "
         f"{_words_per_epoch(metrics)} words an epoch",
     ]
     if metrics.get("val"):
-        lines.append(f"- validation: {_first_n(config.get('max_eval_samples'))} sentences, "
+        lines.append(f"- validation: {_first_n(config.max_eval_samples)} sentences, "
                      f"{metrics['val']['words']} words scored after every epoch")
     if metrics.get("test"):
-        lines.append(f"- test: {_first_n(config.get('max_eval_samples'))} sentences, {metrics['test']['words']} "
+        lines.append(f"- test: {_first_n(config.max_eval_samples)} sentences, {metrics['test']['words']} "
                      f"of {metrics.get('test_words_in_split', metrics['test']['words'])} words scored")
     lines += [
         "",
@@ -344,11 +345,11 @@ def model_card(metrics: dict, config: dict, label_set: LabelSet, plots: Sequence
     ]
     if label_set.remap_multinerd:
         lines.append("Tags of the other MultiNERD classes were read as `O`.")
-    hyper = [("epochs (best)", f"{config.get('epochs')} ({metrics.get('best_epoch')})"),
-             ("peak learning rate", config.get("lr")), ("batch size", config.get("batch_size")),
-             ("gradient accumulation", config.get("grad_accum")), ("weight decay", config.get("weight_decay")),
-             ("warmup ratio", config.get("warmup_ratio")), ("max gradient norm", config.get("max_grad_norm")),
-             ("window (sub-tokens)", config.get("max_length")), ("seed", config.get("seed")),
+    hyper = [("epochs (best)", f"{config.epochs} ({metrics.get('best_epoch')})"),
+             ("peak learning rate", config.lr), ("batch size", config.batch_size),
+             ("gradient accumulation", config.grad_accum), ("weight decay", config.weight_decay),
+             ("warmup ratio", config.warmup_ratio), ("max gradient norm", config.max_grad_norm),
+             ("window (sub-tokens)", config.max_length), ("seed", config.seed),
              ("precision", metrics.get("precision_mode")), ("device", metrics.get("device")),
              ("training speed", f"{metrics.get('train_words_per_s', 0):.0f} words/s"),
              ("wall time", f"{metrics.get('wall_time_s', 0):.0f} s")]
@@ -481,7 +482,7 @@ def _words_per_epoch(metrics: dict) -> int:
     return int(metrics.get("train_words", 0) // epochs)
 
 
-def write_reports(output_dir: str, config: dict, label_set: LabelSet, metrics: dict,
+def write_reports(output_dir: str, config: TrainConfig, label_set: LabelSet, metrics: dict,
                   test_gold_ids: Sequence[Sequence[int]] | None = None,
                   test_pred_ids: Sequence[Sequence[int]] | None = None,
                   error_report: dict | None = None) -> dict[str, str | None]:
@@ -491,7 +492,7 @@ def write_reports(output_dir: str, config: dict, label_set: LabelSet, metrics: d
 
     Args:
         output_dir: the model folder.
-        config: the training configuration (`TrainConfig.to_dict()`).
+        config: the training configuration.
         label_set: the labels the model predicts.
         metrics: the contents of `metrics.json`.
         test_gold_ids, test_pred_ids: gold and predicted label ids of each test sentence, or None

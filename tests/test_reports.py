@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import nerlib
+from nerlib.config import TrainConfig
 from nerlib.cli import evaluate_main, run, train_main
 from nerlib.errors import ConfigError
 from nerlib.labels import entity_spans, multinerd_label_set
@@ -152,9 +153,10 @@ def test_without_matplotlib_plots_are_skipped_with_a_hint(no_matplotlib, tmp_pat
 
 
 def test_model_card_names_the_hub_base_model_only_for_hub_ids(tmp_path):
-    card = model_card({"epochs": [], "best_epoch": 1}, {"model": "distilbert-base-uncased"}, multinerd_label_set("five"))
+    card = model_card({"epochs": [], "best_epoch": 1}, TrainConfig(model="distilbert-base-uncased"),
+                      multinerd_label_set("five"))
     assert "base_model: distilbert-base-uncased" in card and "Tags of the other MultiNERD classes" in card
-    card = model_card({"epochs": [], "best_epoch": 1}, {"model": str(tmp_path)}, multinerd_label_set("five"))
+    card = model_card({"epochs": [], "best_epoch": 1}, TrainConfig(model=str(tmp_path)), multinerd_label_set("five"))
     assert "base_model" not in card
 
 
