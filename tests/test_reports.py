@@ -144,7 +144,7 @@ def no_matplotlib(monkeypatch):
 def test_without_matplotlib_plots_are_skipped_with_a_hint(no_matplotlib, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nerlib.reports"):
         assert plot_training_curves({"epochs": []}, str(tmp_path / "curves.png")) is None
-        written = write_reports(str(tmp_path), {"model": "m", "data": "d"}, multinerd_label_set("PER,LOC"),
+        written = write_reports(str(tmp_path), TrainConfig(model="m", data="d"), multinerd_label_set("PER,LOC"),
                                 {"epochs": [], "test": None, "val": None}, [[0]], [[0]])
     assert "pip install nerlib[plots]" in caplog.text
     assert written == {"model_card": str(tmp_path / "README.md"), "training_curves": None, "confusion": None,
