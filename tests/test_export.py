@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import sys
@@ -51,9 +52,30 @@ def exported(tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("export")
     model_dir, data = train_tiny_model(root, tiny_encoder)
     onnx_dir = str(root / "onnx")
-    result = run_quietly(export_main, [model_dir, onnx_dir, "--onnx", "--int8"])
+    # What the command logs, as a user sees it at INFO (the exporter's libraries included).
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)
+    try:
+        result = run_quietly(export_main, [model_dir, onnx_dir, "--onnx", "--int8"])
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
     assert result.code == 0, result.err
-    return SimpleNamespace(model_dir=model_dir, data=data, onnx_dir=onnx_dir, printed=result.out, root=root)
+    return SimpleNamespace(model_dir=model_dir, data=data, onnx_dir=onnx_dir, printed=result.out, root=root,
+                           logged=records)
+
+
+def test_the_export_logs_its_steps_but_not_every_graph_rewrite_of_the_exporter(exported):
+    ours = [r.getMessage() for r in exported.logged if r.name.startswith("nerlib")]
+    assert "exporting to ONNX" in ours and "quantising to int8" in ours
+    rewrites = [r for r in exported.logged if r.name.split(".")[0] in ("onnxscript", "onnx_ir")
+                and r.levelno < logging.WARNING]
+    assert not rewrites, [r.getMessage() for r in rewrites[:5]]
 
 
 def test_exported_folder_holds_what_prediction_needs_and_no_pytorch_weights(exported):
