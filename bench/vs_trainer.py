@@ -36,8 +36,6 @@ import sys
 import tempfile
 import time
 
-from transformers import TrainerCallback
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The nerlib of this checkout, not whichever one is installed.
 sys.path.insert(0, REPO_ROOT)
@@ -243,12 +241,15 @@ def run_bare(args: argparse.Namespace) -> dict:
             "startup_seconds": startup}
 
 
-class TrainClock(TrainerCallback):
+class TrainClock:
     """A Trainer callback timing what nerlib's "training" phase times: the optimizer steps.
 
     `on_train_begin` fires once the Trainer has built its data loader, sampler, optimizer and
     schedule, and `on_train_end` after the last step, so set-up stays outside the clock on both
-    sides. `ready` says what had been built when the clock started.
+    sides. `ready` says what had been built when the clock started. (Not a subclass of
+    transformers.TrainerCallback: importing it at the top would load the Trainer stack into the
+    nerlib and bare runs too, into their start-up time and peak memory; the Trainer calls its
+    callbacks' `on_*` methods by name, and the others do nothing here.)
     """
 
     def __init__(self):
@@ -264,6 +265,15 @@ class TrainClock(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.seconds = time.perf_counter() - self._started
         self.cpu_seconds = time.process_time() - self._cpu_started
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):  # every other event of the Trainer's callback protocol
+            return _ignore_event
+        raise AttributeError(name)
+
+
+def _ignore_event(args, state, control, **kwargs) -> None:
+    return None
 
 
 def padding_of(loader) -> float | None:

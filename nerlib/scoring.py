@@ -29,10 +29,9 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from seqeval.metrics import accuracy_score, classification_report
-from seqeval.scheme import IOB2
 
 from .labels import tags_of
+
 
 def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:
     """seqeval metrics of predicted against gold tag sequences.
@@ -47,6 +46,11 @@ def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequ
         `precision`, `recall`, `f1` (micro averages over entities), `accuracy` (words),
         `words` (words scored) and `per_type` (class -> precision, recall, f1, support).
     """
+    # Imported here: seqeval imports scikit-learn (seconds), and most scores take the NumPy path
+    # below, so predict, serve and most training runs never need it.
+    from seqeval.metrics import accuracy_score, classification_report
+    from seqeval.scheme import IOB2
+
     if len(gold_tags) != len(pred_tags) or any(len(g) != len(p) for g, p in zip(gold_tags, pred_tags)):
         raise ValueError("gold and predicted tag sequences differ in shape")
     options = {"mode": "strict", "scheme": IOB2} if strict else {}

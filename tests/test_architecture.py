@@ -137,3 +137,16 @@ def test_readme_layout_names_every_module_and_only_those():
     layout = layout[:layout.index("```", layout.index("```") + 3)]
     named = set(re.findall(r"nerlib/(\w+)\.py", layout))
     assert named == module_names()
+
+
+def test_starting_a_command_imports_no_scorer_or_plotting_stack():
+    """`python -m nerlib predict` starts without scikit-learn (seqeval's), matplotlib or onnxruntime."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, nerlib.cli; heavy = ('sklearn', 'seqeval', 'matplotlib', 'onnxruntime', 'fastapi'); "
+             "print(sorted(name for name in heavy if name in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(PACKAGE), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
