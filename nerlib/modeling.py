@@ -3,6 +3,7 @@ can act on, saving a trained model with its labels and configuration, and loadin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -195,6 +196,12 @@ def read_trained_config(model_dir: str) -> TrainConfig | None:
     values = read_nerlib_info(model_dir).get("config")
     if not values:
         return None
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:  # options of a later nerlib: what this one needs to run the model is all there
+        logger.warning("%s: ignoring option(s) this nerlib does not know: %s",
+                       os.path.join(model_dir, NERLIB_CONFIG_FILE), ", ".join(unknown))
+        values = {key: value for key, value in values.items() if key in known}
     try:
         return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as exc:

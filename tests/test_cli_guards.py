@@ -216,6 +216,19 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(damage, main, saved_
     one_line_error(capsys.readouterr(), message)
 
 
+def test_a_model_folder_of_a_later_nerlib_predicts_ignoring_options_it_does_not_know(saved_model, tmp_path, capsys,
+                                                                                    caplog):
+    model_dir = shutil.copytree(saved_model[0], tmp_path / "model")
+    info_file = model_dir / "nerlib_config.json"
+    info = json.loads(info_file.read_text())
+    info["config"]["an_option_of_a_later_version"] = 3
+    info_file.write_text(json.dumps(info))
+    with caplog.at_level("WARNING"):
+        assert run(predict_main, [str(model_dir), "--device", "cpu", "alice saw bob"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "alice saw bob"
+    assert "ignoring option(s) this nerlib does not know: an_option_of_a_later_version" in caplog.text
+
+
 # ---------------------------------------------------------------- output errors
 
 
