@@ -82,8 +82,13 @@ def write(stream, name: str, text: str = "", flush: bool = False) -> None:
 
     Raises:
         OutputClosed: standard output is a pipe whose reader went away.
-        ConfigError: any other write error (a full disk), naming the stream.
+        ConfigError: any other write error (a full disk), naming the stream, or text for a
+            standard output the program was started without (`>&-`).
     """
+    if stream is None:  # Python's sys.stdout when file descriptor 1 was closed before the start
+        if text:
+            raise ConfigError(f"{name}: cannot write (it is closed)")
+        return
     try:
         stream.write(text)
         if flush:

@@ -256,12 +256,12 @@ def test_predict_json_lines_escape_every_line_separator(saved_model, capsys):
     assert [json.loads(line)["text"] for line in out.splitlines()] == texts
 
 
-def _predict_process(model_dir, *args, stdout=subprocess.PIPE):
+def _predict_process(model_dir, *args, stdout=subprocess.PIPE, preexec_fn=None):
     # Standard output buffered, as a user's is (PYTHONUNBUFFERED would hide errors that only the last
     # flush, or the interpreter's exit, meets).
     env = {key: value for key, value in cli_env().items() if key != "PYTHONUNBUFFERED"}
     return subprocess.Popen([*PYTHON_M_NERLIB, "predict", model_dir, "--device", "cpu", *args], cwd=ROOT,
-                            env=env, stdout=stdout, stderr=subprocess.PIPE)
+                            env=env, stdout=stdout, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
 
 
 def test_a_closed_pipe_ends_quietly(saved_model, tmp_path):
@@ -280,6 +280,25 @@ def test_a_closed_pipe_ends_quietly(saved_model, tmp_path):
     process.stdout.close()
     stderr = process.communicate(timeout=300)[1].decode()
     assert process.returncode == 0 and "Traceback" not in stderr and "Exception" not in stderr, stderr
+
+
+def test_a_closed_standard_output_is_one_line(saved_model, tmp_path):
+    model_dir, _ = saved_model
+    # `>&-`: the program starts without a standard output at all (Python's sys.stdout is None).
+    page = tmp_path / "page.html"
+    process = _predict_process(model_dir, "alice saw bob", "--html", str(page), stdout=None,
+                               preexec_fn=lambda: os.close(1))
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 2, stderr
+    assert stderr.strip().splitlines()[-1] == \
+        "python -m nerlib predict: error: standard output: cannot write (it is closed)"
+    # What goes to a file is written as usual: the program needs no standard output for it.
+    out = tmp_path / "out.jsonl"
+    process = _predict_process(model_dir, "alice saw bob", "--output", str(out), stdout=None,
+                               preexec_fn=lambda: os.close(1))
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+    assert json.loads(out.read_text())["text"] == "alice saw bob"
 
 
 def _dev_full_is_a_device() -> bool:
