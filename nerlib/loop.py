@@ -486,7 +486,7 @@ def finish(run: _Run) -> dict:
                 test_split.sentences, test_data.encoded.gold, test_predicted, run.label_set,
                 np.bincount(test_data.encoded.sentence_index, minlength=len(test_split.sentences)),
                 surface_forms(train_split.sentences, train_data.encoded.gold, run.label_set), output_dir,
-                config.model, config.data)
+                config.model, config.split_sources()["test"])
         metrics["reports"] = write_reports(output_dir, config, run.label_set, metrics,
                                            test_data.encoded.gold if test_data else None, test_predicted, error_report)
     return metrics

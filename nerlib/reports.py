@@ -317,6 +317,12 @@ def model_card(metrics: dict, config: TrainConfig, label_set: LabelSet, plots: S
         meta.append(f"base_model: {base_model}")
     meta.append("---")
     classes = ", ".join(label_set.classes)
+    # --train/--val/--test files replace --data's splits: name each split's own source then.
+    sources = {split: source for split, source in config.split_sources().items() if source}
+    if len(set(sources.values())) == 1:
+        source = f"source: `{display_name(next(iter(sources.values())))}`"
+    else:
+        source = "sources: " + ", ".join(f"{split} `{display_name(path)}`" for split, path in sources.items())
     lines = meta + [
         "",
         f"# Named-entity recognition: {classes}",
@@ -326,7 +332,7 @@ def model_card(metrics: dict, config: TrainConfig, label_set: LabelSet, plots: S
         "",
         "## Data",
         "",
-        f"- source: `{display_name(config.data)}`, language `{config.lang}`",
+        f"- {source}, language `{config.lang}`",
         f"- training: {_first_n(config.max_train_samples)} sentences of the train split, "
         f"{_words_per_epoch(metrics)} words an epoch",
     ]

