@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 TRAIN_LOG_FILE = "train_log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 REPORT_TO = ("none", "tensorboard")
+# How TensorBoard's writers name their files (events.out.tfevents.TIME.HOST.PID.N).
+EVENT_FILE_PREFIX = "events.out.tfevents."
 TENSORBOARD_HINT = "pip install 'nerlib[tensorboard]'"
 
 
@@ -80,11 +82,12 @@ class FileRunLog(RunLog):
             check_report_to("tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
+            events_dir = os.path.join(output_dir, TENSORBOARD_DIR)
+            if resume_step is None:
+                _remove_event_files(events_dir)  # an earlier run's curves would be drawn along with this one's
             # purge_step hides the events a resumed run writes again, so each step keeps one value.
-            self.writer = SummaryWriter(os.path.join(output_dir, TENSORBOARD_DIR),
-                                        purge_step=resume_step + 1 if resume_step else None)
-            logger.info("TensorBoard event files in %s (tensorboard --logdir %s)",
-                        os.path.join(output_dir, TENSORBOARD_DIR), output_dir)
+            self.writer = SummaryWriter(events_dir, purge_step=resume_step + 1 if resume_step is not None else None)
+            logger.info("TensorBoard event files in %s (tensorboard --logdir %s)", events_dir, output_dir)
         logger.info("per-step loss in %s (tail -f to follow)", self.path)
 
     def _write(self, record: dict) -> None:
@@ -117,6 +120,19 @@ class FileRunLog(RunLog):
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _remove_event_files(folder: str) -> None:
+    """Delete the TensorBoard event files an earlier run left in `folder` (nothing else in it)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(EVENT_FILE_PREFIX):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError as exc:
+                raise ConfigError(f"{os.path.join(folder, name)}: cannot remove an earlier run's events "
+                                  f"({exc.strerror})") from None
 
 
 def _lines_up_to(path: str, step: int) -> list[str]:

@@ -345,6 +345,26 @@ def test_a_resumed_run_replaces_the_tensorboard_events_of_the_steps_trained_agai
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
+def test_a_new_run_in_the_folder_of_an_earlier_one_starts_the_tensorboard_events_afresh(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package (extra nerlib[tensorboard]) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with FileRunLog(str(tmp_path), tensorboard=True) as log:
+        for step in range(1, 6):
+            log.step(step, 1, float(step), 1e-3, 100.0)
+        log.epoch(1, 5, 3.0, None)
+    # Not a resume (train.py without --resume, say with --overwrite): the earlier run's curves go.
+    with FileRunLog(str(tmp_path), tensorboard=True) as log:
+        for step in range(1, 3):
+            log.step(step, 1, 10.0 * step, 1e-3, 100.0)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 10.0), (2, 20.0)]
+    assert "train/epoch_loss" not in events.Tags()["scalars"]
+    with open(tmp_path / "train_log.jsonl", encoding="utf-8") as handle:
+        assert [json.loads(line)["loss"] for line in handle] == [10.0, 20.0]
+
+
 def test_report_to_tensorboard_without_the_package_is_one_line(monkeypatch, tmp_path, tiny_encoder, capsys):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     data = write_hub_folder(tmp_path / "multinerd", sizes=(8, 4, 4))
