@@ -508,7 +508,7 @@ def write_reports(output_dir: str, config: TrainConfig, label_set: LabelSet, met
 
     Returns:
         `model_card`, `training_curves`, `confusion`, `report`, `report_json`: the files written
-        (None where skipped).
+        (None where skipped; an earlier run's file of that name is removed).
     """
     written: dict[str, str | None] = {"training_curves": None, "confusion": None, "report": None, "report_json": None}
     if _figure_class() is None:
@@ -526,11 +526,25 @@ def write_reports(output_dir: str, config: TrainConfig, label_set: LabelSet, met
         written["report"] = os.path.join(output_dir, REPORT_FILE)
         written["report_json"] = os.path.join(output_dir, REPORT_JSON_FILE)
         write_report(error_report, written["report"], written["report_json"])
+    # An earlier run's file left in the folder would pass for this run's: remove what this run did not write.
+    for key, name in (("training_curves", CURVES_FILE), ("confusion", CONFUSION_FILE), ("report", REPORT_FILE),
+                      ("report_json", REPORT_JSON_FILE)):
+        if written[key] is None:
+            _remove_if_present(os.path.join(output_dir, name))
     plots = [os.path.basename(path) for path in (written["training_curves"], written["confusion"]) if path]
     card = os.path.join(output_dir, MODEL_CARD_FILE)
     with open(card, "w", encoding="utf-8") as handle:
         handle.write(model_card(metrics, config, label_set, plots, error_report, REPORT_FILE))
     return {"model_card": card, **written}
+
+
+def _remove_if_present(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # the run itself is saved; say what could not be cleared
+        logger.warning("%s: an earlier run's file could not be removed (%s)", path, exc.strerror)
 
 
 def _plot_safely(plot, data, path: str, *args) -> str | None:

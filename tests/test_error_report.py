@@ -264,6 +264,21 @@ def test_a_run_on_split_files_names_them_in_the_report_and_the_card(tmp_path, ti
     assert "`my_train.jsonl`" in card and "`my_test.jsonl`" in card and str(tmp_path) not in card
 
 
+def test_a_new_run_without_a_test_split_leaves_no_report_of_the_earlier_run(tmp_path, tiny_encoder):
+    data = write_hub_folder(tmp_path / "multinerd", sizes=(16, 4, 8))
+    output_dir = tmp_path / "model"
+    common = ["--labels", "five", "--model", tiny_encoder, "--output-dir", str(output_dir), "--epochs", "1",
+              "--max-length", "32", "--num-threads", "1", "--no-progress"]
+    leftovers = ["report.html", "report.json", "confusion.png"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert run(train_main, [*common, "--data", data]) == 0
+        assert all((output_dir / name).exists() for name in leftovers[:2])
+        # The same folder again, trained on a train file alone: no test split, so no report of its own.
+        assert run(train_main, [*common, "--train", os.path.join(data, "train", "train_en.jsonl"),
+                                "--overwrite"]) == 0
+    assert [name for name in leftovers if (output_dir / name).exists()] == []
+    assert "report.html" not in (output_dir / "README.md").read_text(encoding="utf-8")
+
 def test_a_model_with_bioes_labels_is_refused_by_strict_scores_and_the_report_in_one_line(
         tmp_path, tiny_encoder, capsys):
     # A token-classification model saved by transformers alone, predicting S-/E- tags.
