@@ -48,6 +48,10 @@ td.bar { width: 12rem; min-width: 8rem; }
 .legend { display: flex; flex-wrap: wrap; gap: .4rem .9rem; margin: .5rem 0; font-size: .9em; }
 .swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; vertical-align: -.1rem;
           margin-right: .25rem; }
+/* A word longer than the line breaks rather than widening the page; a right-to-left entity stays one
+   run beside its left-to-right neighbours. */
+.line, .text, ul.outcomes li { overflow-wrap: anywhere; }
+mark.ent, .chip { unicode-bidi: isolate; }
 mark.ent { background: hsl(var(--h) 85% 89%); border: 1px solid hsl(var(--h) 55% 45%); border-radius: 4px;
            padding: 0 .2rem; color: inherit; box-decoration-break: clone; -webkit-box-decoration-break: clone; }
 mark.ent .tag { font-size: .68em; font-weight: 700; letter-spacing: .02em; color: hsl(var(--h) 65% 28%);
@@ -248,12 +252,15 @@ def _slices_tables(slices: dict) -> str:
                      "<th>bucket</th><th>gold</th><th>predicted</th><th>exact</th><th>precision</th><th>recall</th>"
                      "<th>F1</th><th></th></tr></thead><tbody>")
         for row in buckets:
-            bar = (f'<div class="bar-track"><span style="width:{100 * row["f1"]:.1f}%;background:#2c5d99"></span></div>'
-                   if row["gold"] or row["predicted"] else "")
+            if row["gold"] or row["predicted"]:
+                scores = _number(row["precision"]) + _number(row["recall"]) + _number(row["f1"])
+                bar = (f'<div class="bar-track"><span style="width:{100 * row["f1"]:.1f}%;background:#2c5d99">'
+                       '</span></div>')
+            else:  # no entity on either side: nothing was scored, so no score is shown (the JSON says 0)
+                scores, bar = '<td class="none" title="no entity in this bucket">&ndash;</td>' * 3, ""
             parts.append(f'<tr data-bucket="{_escape(row["name"])}"><td>{_escape(row["name"])}</td>'
                          f'<td>{row["gold"]}</td><td>{row["predicted"]}</td><td>{row["exact"]}</td>'
-                         + _number(row["precision"]) + _number(row["recall"]) + _number(row["f1"])
-                         + f'<td class="bar">{bar}</td></tr>')
+                         + scores + f'<td class="bar">{bar}</td></tr>')
         parts.append("</tbody></table>")
     return "".join(parts)
 

@@ -93,7 +93,7 @@ def find_browser() -> str | None:
     return None
 
 
-def dump_dom(url: str, tmp_path) -> str:
+def dump_dom(url: str, tmp_path, *flags: str) -> str:
     """The page's DOM after its scripts ran, from headless Chromium with no network or profile."""
     browser = find_browser()
     if browser is None:
@@ -102,7 +102,7 @@ def dump_dom(url: str, tmp_path) -> str:
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--dump-dom", url], capture_output=True, text=True, timeout=120)
+         *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "<body" in result.stdout
     return result.stdout
@@ -224,6 +224,33 @@ def test_report_filter_shows_only_sentences_with_the_chosen_error(cli_report, tm
     assert visible == expected
     assert shown_count(dom) == len(expected)
 
+
+def test_a_very_long_word_does_not_widen_the_page_and_an_empty_bucket_shows_no_score(tmp_path):
+    from nerlib.formats import Sentence
+    from nerlib.html_report import write_report
+    from nerlib.reports import build_error_report
+
+    label_set = multinerd_label_set("five")
+    ids = {tag: i for i, tag in enumerate(label_set.labels)}
+    long_word = "Llanfair" * 60  # 480 letters with no place to break
+    sentences = [Sentence((long_word, "met", "Ana"), ("B-LOC", "O", "B-PER"), "data.txt", 1),
+                 Sentence(("Ana", "visited", long_word), ("B-PER", "O", "O"), "data.txt", 5)]
+    gold = [[ids[t] for t in s.tags] for s in sentences]
+    pred = [[ids["O"], ids["O"], ids["B-PER"]], [ids["B-PER"], ids["O"], ids["B-LOC"]]]
+    report = build_error_report(sentences, gold, pred, label_set, windows=[1, 1])
+    page = tmp_path / "report.html"
+    write_report(report, str(page))
+    # The test's own probe, after the page's script: how wide the laid-out page is.
+    probe = "<script>document.body.dataset.scrollWidth = document.documentElement.scrollWidth;</script></body>"
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text(encoding="utf-8").replace("</body>", probe), encoding="utf-8")
+    dom = Tree(dump_dom(measured.as_uri(), tmp_path, "--window-size=900,700")).root
+    body = dom.all("body")[0]
+    assert int(body.attrs["data-scroll-width"]) <= 900
+    assert len(dom.all("div", "sentence")) == 2
+    several = [row for table in dom.all("table", "slice") if table.attrs["data-slice"] == "windows per sentence"
+               for row in table.all("tr") if row.attrs.get("data-bucket") == "several"][0]
+    assert [cell.text for cell in several.all("td")][1:7] == ["0", "0", "0", "\u2013", "\u2013", "\u2013"]
 
 def test_training_writes_the_report_beside_the_card_and_the_card_names_the_base_model(tracked_run):
     model_dir = tracked_run.model_dir
