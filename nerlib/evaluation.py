@@ -48,8 +48,11 @@ def evaluate_prepared(model, prepared: Prepared, label_set: LabelSet, pad_id: in
 def prepare_output_file(path: str) -> None:
     """Make sure an output file can be written before the work that fills it: missing folders are created.
 
+    The file is opened for appending (created and removed again where it did not exist), so a folder
+    that takes no files fails now, and an existing file is left as it is.
+
     Raises:
-        ConfigError: `path` is a folder, or its folder cannot be created.
+        ConfigError: `path` is a folder, its folder cannot be created, or the file cannot be opened.
     """
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a folder; give a file name")
@@ -59,6 +62,14 @@ def prepare_output_file(path: str) -> None:
     except OSError as exc:
         reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
         raise ConfigError(f"{path}: cannot create its folder {folder} ({reason})") from None
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            os.remove(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be written ({exc.strerror})") from None
 
 
 def evaluate(

@@ -247,6 +247,21 @@ def test_output_files_get_their_missing_folders(saved_model, tmp_path, capsys):
     one_line_error(capsys.readouterr(), "c.png: cannot create its folder", "a file is in the way")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, a folder that takes no new files")
+def test_an_output_file_that_cannot_be_created_fails_before_the_model_is_loaded(saved_model, monkeypatch, capsys):
+    model_dir, _ = saved_model
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output file was checked")
+
+    monkeypatch.setattr("nerlib.evaluation.load_for_inference", no_evaluation)
+    for flag, name in (("--report", "r.html"), ("--report-json", "r.json"), ("--predictions-out", "p.jsonl"),
+                       ("--confusion-out", "c.png"), ("--table-out", "t.md")):
+        path = f"/proc/nerlib-{name}"
+        assert run(evaluate_main, [model_dir, "--device", "cpu", flag, path]) == 2, flag
+        one_line_error(capsys.readouterr(), f"{path}: cannot be written")
+        assert not os.path.exists(path)
+
 def test_predict_json_lines_escape_every_line_separator(saved_model, capsys):
     model_dir, _ = saved_model
     texts = ["alice\u2028bob", "paris\u2029oslo", "next\x85line"]
