@@ -150,3 +150,22 @@ def test_starting_a_command_imports_no_scorer_or_plotting_stack():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_test_the_docs_name_exists():
+    """A promise in the README or docs/ that names its test names one that runs: none renamed or gone."""
+    root = os.path.dirname(PACKAGE)
+    defined = set()
+    for folder, _, files in os.walk(os.path.join(root, "tests")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                    defined |= set(re.findall(r"^\s*(?:async )?def (test_\w+)", handle.read(), re.MULTILINE))
+    documents = [os.path.join(root, "README.md")] + [
+        os.path.join(root, "docs", name) for name in sorted(os.listdir(os.path.join(root, "docs"))) if name.endswith(".md")]
+    missing = []
+    for path in documents:
+        with open(path, encoding="utf-8") as handle:
+            named = re.findall(r"`(test_\w+)", handle.read())
+        missing += [f"{os.path.basename(path)}: {name}" for name in named if name not in defined]
+    assert defined and not missing
