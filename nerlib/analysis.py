@@ -25,8 +25,9 @@ never depends on order, every gold entity is counted once (exact + wrong type + 
 wrong boundary and type + missed = gold entities) and so is every predicted one (the four paired
 classes + spurious = predicted entities).
 
-Entities are read from BIO tags leniently, like seqeval's default (`nerlib.labels.entity_spans`),
-so `exact` counts equal seqeval's true positives, type by type.
+Entities are read from BIO tags (and a BIOES or BILOU model's tags) leniently, like seqeval's
+default (`nerlib.labels.entity_spans`), so `exact` counts equal seqeval's true positives, type by
+type.
 
 Slices follow Fu et al. (2020), "Interpretable Multi-dataset Evaluation for Named Entity
 Recognition": each gold entity is put in a bucket by its own attribute (its surface form seen in

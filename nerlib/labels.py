@@ -142,12 +142,20 @@ def label_set_from_labels(name: str, labels: Sequence[str]) -> LabelSet:
     return LabelSet(name, tuple(labels), remap_multinerd=False)
 
 
+# How the prefixes of other schemes read: BIOES's (and BILOU's) last word `E-X` (`L-X`) goes on like
+# `I-X` and closes the entity; a one-word entity `S-X` (`U-X`) opens like `B-X` and closes it.
+_PREFIX_READS_AS = {"B": "B", "I": "I", "E": "I", "L": "I", "S": "B", "U": "B"}
+_CLOSING_PREFIXES = ("E", "L", "S", "U")
+
+
 def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """The entities of a tag sequence as `(class, first_word, end_word)`, end exclusive.
 
     Read leniently, like seqeval's default and transformers' token-classification pipeline: an
     entity starts at `B-X`, or at `I-X` after `O` or after another class, and goes on over
-    `I-X`. A tag with no `B-`/`I-` prefix (other than `O`) reads as `I-`, as the pipeline does.
+    `I-X`. A tag with no prefix (other than `O`) reads as `I-`, as the pipeline does. The tags of
+    a model that predicts BIOES (or BILOU) read as seqeval's default reads BIOES: `E-X` (`L-X`)
+    goes on like `I-X` and ends the entity, `S-X` (`U-X`) is a one-word entity.
 
     Args:
         tags: one tag a word.
@@ -160,15 +168,18 @@ def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     for index, tag in enumerate(tags):
         if tag == "O":
             prefix, cls = "O", None
-        elif tag.startswith(("B-", "I-")):
+        elif len(tag) > 2 and tag[1] == "-" and tag[0] in _PREFIX_READS_AS:
             prefix, cls = tag[0], tag[2:]
         else:
             prefix, cls = "I", tag
-        if current is not None and (cls != current[0] or prefix == "B"):
+        if current is not None and (cls != current[0] or _PREFIX_READS_AS.get(prefix) == "B"):
             spans.append((current[0], current[1], index))
             current = None
         if cls is not None and current is None:
             current = (cls, index)
+        if current is not None and prefix in _CLOSING_PREFIXES:
+            spans.append((current[0], current[1], index + 1))
+            current = None
     if current is not None:
         spans.append((current[0], current[1], len(tags)))
     return spans

@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .html_report import OUTCOME_NAMES, write_report
 from .errors import ConfigError
 from .labels import LabelSet, entity_spans, tags_of
-from .scoring import format_table, score_predictions
+from .scoring import bio_scheme, format_table, score_predictions
 from .text import looks_like_hub_id
 from .version import __version__
 
@@ -459,13 +459,14 @@ def build_error_report(sentences: Sequence, gold_ids: Sequence[Sequence[int]], p
 
     Returns:
         A JSON-ready dict: `model`, `base_model`, `data`, `split`, `sentences`, `nerlib_version`, `scores`
-        (`lenient` and `strict`, each as `compute_metrics` returns), and `analysis.analyse`'s keys.
+        (`lenient` and `strict`, each as `compute_metrics` returns; `strict` None for a model whose labels are not BIO), and `analysis.analyse`'s keys.
     """
     labels = label_set.labels
     gold_tags = [tags_of(ids, labels) for ids in gold_ids]
     pred_tags = [tags_of(ids, labels) for ids in pred_ids]
     scores = {"lenient": score_predictions(gold_ids, pred_ids, labels),
-              "strict": score_predictions(gold_ids, pred_ids, labels, strict=True)}
+              # Strict IOB2 cannot read the tags of a model that predicts BIOES or BILOU: lenient scores only.
+              "strict": score_predictions(gold_ids, pred_ids, labels, strict=True) if bio_scheme(labels) else None}
     analysis = analyse([s.tokens for s in sentences], gold_tags, pred_tags, label_set.classes, train_forms,
                        None if windows is None else [int(n) for n in windows],
                        [(s.path, s.line, s.locate()) for s in sentences], top)

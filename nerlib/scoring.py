@@ -31,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ModelError
-from .labels import tags_of
+from .labels import entity_spans, tags_of
+from .schemes import to_bio
 
 
 def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], strict: bool = False) -> dict:
@@ -210,6 +211,10 @@ def score_predictions(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
                       strict: bool = False) -> dict:
     """Scores of predicted against gold label ids: vectorised where it can be, seqeval otherwise.
 
+    A model whose labels are not all `O`, `B-X` and `I-X` (one that predicts BIOES or BILOU tags,
+    or bare class names) is scored on its entities as `entity_spans` reads them, rewritten as BIO:
+    the entities its predictions show are the ones scored.
+
     Args:
         gold, predicted: label ids of each sentence's words.
         labels: the label set.
@@ -219,19 +224,19 @@ def score_predictions(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
         What `compute_metrics` returns.
 
     Raises:
-        ModelError: strict scoring of a label set with other labels than `O`, `B-X` and `I-X`
-            (a model predicting BIOES tags, say), which IOB2 cannot read.
+        ModelError: strict scoring of a label set with other labels than `O`, `B-X` and `I-X`,
+            which IOB2 cannot read.
     """
-    if strict and bio_scheme(labels) is None:
+    plain_bio = bio_scheme(labels) is not None
+    if strict and not plain_bio:
         other = next(label for label in labels if label != "O" and (len(label) < 3 or label[:2] not in ("B-", "I-")))
-        raise ModelError(f"strict IOB2 scores (--strict, the error report) need labels O, B-X and I-X; "
-                         f"the model also predicts {other!r}")
-    if not strict:
-        scores = score_label_ids(gold, predicted, labels)
-        if scores is not None:
-            return scores
-    return compute_metrics([tags_of(ids, labels) for ids in gold], [tags_of(ids, labels) for ids in predicted],
-                           strict=strict)
+        raise ModelError(f"strict IOB2 scores (--strict) need labels O, B-X and I-X; the model also predicts {other!r}")
+    if not strict and plain_bio:
+        return score_label_ids(gold, predicted, labels)
+    gold_tags, pred_tags = [tags_of(ids, labels) for ids in gold], [tags_of(ids, labels) for ids in predicted]
+    if not plain_bio:
+        gold_tags, pred_tags = ([to_bio(entity_spans(tags), len(tags)) for tags in side] for side in (gold_tags, pred_tags))
+    return compute_metrics(gold_tags, pred_tags, strict=strict)
 
 
 def score_by_language(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray], labels: Sequence[str],

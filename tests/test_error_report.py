@@ -23,7 +23,7 @@ from nerlib.labels import multinerd_label_set
 from nerlib.reports import SCORE_KEYS, display_name, model_card
 from nerlib.tracking import FileRunLog, RunLog, open_run_log
 
-from conftest import write_hub_folder
+from conftest import MULTINERD_TAGS, make_sentences, write_hub_folder
 
 EPOCHS, BATCH = 4, 16
 REPORT_SENTENCES = 6
@@ -306,26 +306,52 @@ def test_a_new_run_without_a_test_split_leaves_no_report_of_the_earlier_run(tmp_
     assert [name for name in leftovers if (output_dir / name).exists()] == []
     assert "report.html" not in (output_dir / "README.md").read_text(encoding="utf-8")
 
-def test_a_model_with_bioes_labels_is_refused_by_strict_scores_and_the_report_in_one_line(
+def test_a_model_predicting_bioes_tags_is_scored_and_reported_on_its_entities_and_refused_strict_scores(
         tmp_path, tiny_encoder, capsys):
-    # A token-classification model saved by transformers alone, predicting S-/E- tags.
+    # A token-classification model saved by transformers alone, predicting BIOES tags.
+    import torch
+    from seqeval.metrics import classification_report
+    from seqeval.metrics.sequence_labeling import get_entities
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     labels = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
     model_dir = str(tmp_path / "bioes-model")
+    torch.manual_seed(0)
     AutoModelForTokenClassification.from_pretrained(
         tiny_encoder, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(model_dir)
+    # Test sentences with PER and LOC entities (the model's types), as token TAB tag columns.
     data = tmp_path / "test.txt"
-    data.write_text("alice\tB-PER\nsaw\tO\nparis\tB-LOC\n\n", encoding="utf-8")
+    with open(data, "w", encoding="utf-8") as handle:
+        for record in make_sentences(40, seed=5):
+            for token, tag in zip(record["tokens"], record["ner_tags"]):
+                name = MULTINERD_TAGS[tag]
+                handle.write(f"{token}\t{name if name[2:] in ('PER', 'LOC') else 'O'}\n")
+            handle.write("\n")
+    data = str(data)
     capsys.readouterr()
-    for flags in (["--strict"], ["--report", str(tmp_path / "report.html")]):
-        assert run(evaluate_main, [model_dir, "--data", str(data), "--device", "cpu", *flags]) == 2
-        err = capsys.readouterr().err
-        assert "Traceback" not in err
-        assert "error: " in err.strip().splitlines()[-1] and "'E-PER'" in err.strip().splitlines()[-1]
-    assert not (tmp_path / "report.html").exists()
+    assert run(evaluate_main, [model_dir, "--data", data, "--device", "cpu", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: " in err.strip().splitlines()[-1] and "'E-PER'" in err
+    predictions, report_json = tmp_path / "pred.jsonl", tmp_path / "report.json"
+    assert run(evaluate_main, [model_dir, "--data", data, "--device", "cpu", "--json", "--predictions-out",
+                               str(predictions), "--report", str(tmp_path / "report.html"), "--report-json",
+                               str(report_json)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    predicted = [row["pred"] for row in rows]
+    assert any(tag[:2] in ("E-", "S-") for tags in predicted for tag in tags)  # the case under test occurs
+    # The reference: seqeval's default mode, which reads BIOES itself, on the model's own tags.
+    reference = classification_report([row["gold"] for row in rows], predicted, output_dict=True, zero_division=0)
+    for scores in (printed, read_json(report_json)["scores"]["lenient"]):
+        assert scores["f1"] == pytest.approx(reference["micro avg"]["f1-score"], abs=1e-12)
+        assert {name: row["support"] for name, row in scores["per_type"].items()} == {
+            name: row["support"] for name, row in reference.items() if not name.endswith(" avg")}
+    report = read_json(report_json)
+    assert report["scores"]["strict"] is None
+    assert set(report["types"]) <= {"PER", "LOC"}
+    assert report["outcomes"]["total"]["predicted"] == sum(len(get_entities(tags)) for tags in predicted)
 
 
 def test_display_names_never_show_a_machine_path(tmp_path):

@@ -48,6 +48,22 @@ def test_entity_spans_read_tags_like_seqeval():
         assert entity_spans(tags) == [(cls, start, end + 1) for cls, start, end in get_entities(tags)]
 
 
+def test_entity_spans_read_the_tags_of_a_bioes_or_bilou_model_like_seqeval_reads_bioes():
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    assert entity_spans(["S-PER", "B-LOC", "E-LOC", "E-LOC", "I-ORG", "S-ORG", "O", "E-PER"]) == [
+        ("PER", 0, 1), ("LOC", 1, 3), ("LOC", 3, 4), ("ORG", 4, 5), ("ORG", 5, 6), ("PER", 7, 8)]
+    rng = random.Random(4)
+    for _ in range(500):
+        tags = [rng.choice(["O", "O"] + [f"{p}-{c}" for c in ("PER", "LOC") for p in "BIES"])
+                for _ in range(rng.randint(0, 12))]
+        expected = [(cls, start, end + 1) for cls, start, end in get_entities(tags)]
+        assert entity_spans(tags) == expected, tags
+        # BILOU's last and one-word tags are BIOES's under other letters.
+        bilou = [tag.replace("E-", "L-").replace("S-", "U-") for tag in tags]
+        assert entity_spans(bilou) == expected, bilou
+
+
 def test_confusion_counts_match_spans_by_boundaries():
     gold = [["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG"],
             ["B-LOC", "O", "B-PER", "I-PER"]]

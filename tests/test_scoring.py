@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from nerlib.errors import ModelError
 from nerlib.labels import multinerd_label_set
 from nerlib.scoring import bio_scheme, compute_metrics, score_label_ids, score_predictions
 
@@ -59,6 +60,21 @@ def test_schemes_other_than_bio_go_to_seqeval():
     assert score_predictions(gold, pred, bioes) == seqeval_scores(gold, pred, bioes)
     assert score_predictions(gold, pred, bioes)["recall"] == 0.5
 
+
+@pytest.mark.parametrize("labels, spelled_for_seqeval, gold, pred", [
+    # BILOU, spelled as BIOES for seqeval (which reads BIOES but not BILOU).
+    (("O", "B-PER", "I-PER", "L-PER", "U-PER"), ("O", "B-PER", "I-PER", "E-PER", "S-PER"),
+     [[1, 2, 3, 0, 4, 4, 0]], [[1, 2, 3, 0, 4, 0, 0]]),
+    # Bare class names, read as I- (as the transformers pipeline reads them).
+    (("O", "PER", "LOC", "B-PER", "I-PER"), ("O", "I-PER", "I-LOC", "B-PER", "I-PER"),
+     [[3, 4, 0, 1, 1, 0, 2], [1, 2]], [[3, 4, 0, 1, 0, 0, 2], [1, 2]]),
+])
+def test_a_model_of_another_scheme_is_scored_on_the_entities_its_tags_show(labels, spelled_for_seqeval, gold, pred):
+    gold, pred = [np.array(ids) for ids in gold], [np.array(ids) for ids in pred]
+    assert score_predictions(gold, pred, labels) == seqeval_scores(gold, pred, spelled_for_seqeval)
+    assert 0 < score_predictions(gold, pred, labels)["f1"] < 1
+    with pytest.raises(ModelError, match="strict IOB2"):
+        score_predictions(gold, pred, labels, strict=True)
 
 def test_strict_mode_uses_seqeval_strict():
     gold, pred = ids_of("I-PER I-PER O B-LOC"), ids_of("I-PER I-PER O B-LOC")
