@@ -459,7 +459,8 @@ def build_error_report(sentences: Sequence, gold_ids: Sequence[Sequence[int]], p
 
     Returns:
         A JSON-ready dict: `model`, `base_model`, `data`, `split`, `sentences`, `nerlib_version`, `scores`
-        (`lenient` and `strict`, each as `compute_metrics` returns; `strict` None for a model whose labels are not BIO), and `analysis.analyse`'s keys.
+        (`lenient` and `strict`, each as `compute_metrics` returns; `strict` is None for a model whose
+        labels are not BIO), and `analysis.analyse`'s keys.
     """
     labels = label_set.labels
     gold_tags = [tags_of(ids, labels) for ids in gold_ids]
