@@ -160,3 +160,14 @@ def test_exact_matches_and_entity_counts_agree_with_seqeval_on_random_tags():
     exact_over_slices = sum(row["exact"] for row in report["slices"]["entity length (words)"])
     assert exact_over_slices == total[EXACT]
     assert report["slices"]["sentence length (words)"][0]["recall"] == pytest.approx(metrics["recall"])
+
+
+def test_the_readme_example_of_nerlib_analyse():
+    import nerlib
+
+    found = nerlib.analyse([["Alice", "met", "Bob", "Smith"]], [["B-PER", "O", "B-PER", "I-PER"]],
+                           [["B-LOC", "O", "B-PER", "O"]])
+    # "Alice": same word, PER read as LOC; "Bob Smith": PER cut to "Bob".
+    assert found["outcomes"]["total"] == {"exact": 0, "wrong_type": 1, "wrong_boundary": 1,
+                                          "wrong_boundary_and_type": 0, "missed": 0, "spurious": 0,
+                                          "gold": 2, "predicted": 2}
