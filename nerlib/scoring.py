@@ -84,6 +84,10 @@ def compute_metrics(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequ
 OUTSIDE, BEGIN, INSIDE = 0, 1, 2
 
 
+def _is_bio_label(label: str) -> bool:
+    return label == "O" or (len(label) > 2 and label[:2] in ("B-", "I-"))
+
+
 def bio_scheme(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     """Each label's prefix (`OUTSIDE`, `BEGIN`, `INSIDE`) and entity type index, and the type names.
 
@@ -97,7 +101,7 @@ def bio_scheme(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]
     for label_id, label in enumerate(labels):
         if label == "O":
             continue
-        if len(label) < 3 or label[:2] not in ("B-", "I-"):
+        if not _is_bio_label(label):
             return None
         name = label[2:]
         if name not in type_names:
@@ -227,16 +231,17 @@ def score_predictions(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray
         ModelError: strict scoring of a label set with other labels than `O`, `B-X` and `I-X`,
             which IOB2 cannot read.
     """
-    plain_bio = bio_scheme(labels) is not None
-    if strict and not plain_bio:
-        other = next(label for label in labels if label != "O" and (len(label) < 3 or label[:2] not in ("B-", "I-")))
+    other = next((label for label in labels if not _is_bio_label(label)), None)
+    if strict and other is not None:
         raise ModelError(f"strict IOB2 scores (--strict) need labels O, B-X and I-X; the model also predicts {other!r}")
-    if not strict and plain_bio:
+    if not strict and other is None:
         return score_label_ids(gold, predicted, labels)
-    gold_tags, pred_tags = [tags_of(ids, labels) for ids in gold], [tags_of(ids, labels) for ids in predicted]
-    if not plain_bio:
-        gold_tags, pred_tags = ([to_bio(entity_spans(tags), len(tags)) for tags in side] for side in (gold_tags, pred_tags))
-    return compute_metrics(gold_tags, pred_tags, strict=strict)
+
+    def tags(ids: np.ndarray) -> list[str]:
+        found = tags_of(ids, labels)
+        return found if other is None else to_bio(entity_spans(found), len(found))
+
+    return compute_metrics([tags(ids) for ids in gold], [tags(ids) for ids in predicted], strict=strict)
 
 
 def score_by_language(gold: Sequence[np.ndarray], predicted: Sequence[np.ndarray], labels: Sequence[str],
