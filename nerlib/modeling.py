@@ -152,7 +152,7 @@ def load_trained(model_dir: str, trust_remote_code: bool = False, backend: str =
         ConfigError: an unknown backend, or `int8` with the torch backend.
         MissingExtra: the onnx backend without onnxruntime.
     """
-    from transformers import AutoConfig, AutoModelForTokenClassification
+    from transformers import AutoConfig
 
     if not os.path.isdir(model_dir):
         raise ModelError(f"{model_dir}: model folder does not exist")
@@ -161,23 +161,22 @@ def load_trained(model_dir: str, trust_remote_code: bool = False, backend: str =
             os.path.exists(os.path.join(model_dir, name)) for name in WEIGHTS_FILES):
         raise ModelError(f"{model_dir}: an exported ONNX folder holds no PyTorch weights; use --backend onnx")
     check_model_folder(model_dir, weights=backend == "torch")
+    if backend == "torch" and int8:
+        raise ConfigError("--int8 needs the onnx backend (a folder written by `nerlib export --onnx --int8`)")
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise _hub_error(model_dir, exc) from None
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    check_tokenizer_fits(model_dir, tokenizer, config)
     if backend == "onnx":
         path = onnx_file(model_dir, int8)
         if not os.path.isfile(path):
             raise ModelError(f"{model_dir}: no {os.path.basename(path)}; export with --int8 to write it")
-        try:
-            config = AutoConfig.from_pretrained(model_dir)
-        except Exception as exc:
-            raise _hub_error(model_dir, exc) from None
         model = OnnxTokenClassifier(path, config, num_threads)
+        check_onnx_outputs(model, config)
     else:
-        if int8:
-            raise ConfigError("--int8 needs the onnx backend (a folder written by `nerlib export --onnx --int8`)")
-        try:
-            model = AutoModelForTokenClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        except Exception as exc:
-            raise _hub_error(model_dir, exc) from None
+        model = _load_whole_model(model_dir, trust_remote_code)
     id2label = model.config.id2label
     labels = [id2label[i] for i in range(len(id2label))]
     info = read_nerlib_info(model_dir)
@@ -185,6 +184,87 @@ def load_trained(model_dir: str, trust_remote_code: bool = False, backend: str =
     if info.get("remap_multinerd"):
         label_set = LabelSet(label_set.name, label_set.labels, remap_multinerd=True)
     return tokenizer, model, label_set
+
+
+def _load_whole_model(model_dir: str, trust_remote_code: bool):
+    """The folder's token-classification model, refused unless every one of its weights came from the folder.
+
+    transformers would fill a missing weight (a classifier head left out) with a fresh random
+    one, or stop on a weight of another shape after a table of keys; either is one line here.
+
+    Raises:
+        ModelError: the model cannot be loaded, or a weight is missing or of another shape.
+    """
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would repeat, in a table, what the error below says
+    try:
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as exc:
+        raise _hub_error(model_dir, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    weights = os.path.join(model_dir, next((name for name in WEIGHTS_FILES
+                                            if os.path.isfile(os.path.join(model_dir, name))), WEIGHTS_FILES[0]))
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
+    if mismatched:
+        key, saved, wanted = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise ModelError(f"{weights}: {key} has shape {tuple(saved)} but config.json makes it {tuple(wanted)}{more}; "
+                         f"the weights are of another model (another label count?)")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelError(f"{weights}: no weights for {shown}; the model would run with them freshly initialised "
+                         f"(a folder saved without its token-classification head?)")
+    return model
+
+
+def check_tokenizer_fits(model_dir: str, tokenizer, config) -> None:
+    """The tokenizer is the folder's own and every id it gives has a row in the model's embeddings.
+
+    transformers builds a tokenizer of special tokens alone when a folder has none of its
+    tokenizer's files, so every word would become `[UNK]`; and an id past `vocab_size` indexes
+    past the embedding matrix.
+
+    Args:
+        model_dir: the model folder.
+        tokenizer: its tokenizer, as `load_tokenizer` loaded it.
+        config: its transformers configuration.
+
+    Raises:
+        ModelError: no tokenizer file in the folder, or a tokenizer larger than the embeddings.
+    """
+    wanted = [name for name in getattr(tokenizer, "vocab_files_names", {}).values() if isinstance(name, str)]
+    if wanted and not any(os.path.isfile(os.path.join(model_dir, name)) for name in wanted):
+        raise ModelError(f"{model_dir}: no tokenizer files (none of {', '.join(wanted)}); the folder is incomplete "
+                         f"(save the tokenizer with the model)")
+    vocab_size = getattr(config, "vocab_size", None)
+    ids = tokenizer.get_vocab().values()
+    size = max(ids) + 1 if ids else 0
+    if isinstance(vocab_size, int) and size > vocab_size:
+        raise ModelError(f"{model_dir}: the tokenizer has ids up to {size - 1} but config.json's vocab_size is "
+                         f"{vocab_size}; the tokenizer is not this model's")
+
+
+def check_onnx_outputs(model: OnnxTokenClassifier, config) -> None:
+    """The ONNX graph takes what nerlib feeds it and scores as many labels as config.json names.
+
+    Raises:
+        ModelError: other inputs or outputs, or another label count, naming the file.
+    """
+    inputs = {node.name for node in model.session.get_inputs()}
+    outputs = {node.name: node.shape for node in model.session.get_outputs()}
+    if not {"input_ids", "attention_mask"} <= inputs or "logits" not in outputs:
+        raise ModelError(f"{model.path}: not a graph nerlib exported (it needs inputs input_ids and attention_mask "
+                         f"and an output logits; it has {', '.join(sorted(inputs))} -> {', '.join(sorted(outputs))})")
+    labels = outputs["logits"][-1] if outputs["logits"] else None
+    if isinstance(labels, int) and labels != config.num_labels:
+        raise ModelError(f"{model.path}: the graph scores {labels} labels but config.json names {config.num_labels}; "
+                         f"the files are of different models")
 
 
 def read_trained_config(model_dir: str) -> TrainConfig | None:
@@ -268,6 +348,7 @@ def check_model_folder(model_dir: str, weights: bool = True) -> None:
         raise ModelError(f"{config_path}: not a JSON object; the model folder is damaged")
     if "id2label" in config:
         _check_id2label(config["id2label"], config_path)
+        _check_label_maps(config, config_path)
     for name in _TOKENIZER_JSON_FILES:
         if os.path.isfile(os.path.join(model_dir, name)):
             read_json_file(os.path.join(model_dir, name))
@@ -312,6 +393,37 @@ def _check_id2label(id2label, path: str) -> None:
         shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
         raise ModelError(f"{path}: id2label must number its {len(ids)} labels 0 to {len(ids) - 1}; "
                          f"missing {shown}")
+
+
+def _check_label_maps(config: dict, path: str) -> None:
+    """Labels named once each; `label2id` the inverse of `id2label`; `num_labels`, if written, their count.
+
+    transformers itself would let a `num_labels` that disagrees replace the labels with LABEL_0...
+    and a label named twice make two tags print the same name.
+    """
+    id2label = {int(key): label for key, label in config["id2label"].items()}
+    seen: dict[str, int] = {}
+    for label_id in sorted(id2label):
+        label = id2label[label_id]
+        if label in seen:
+            raise ModelError(f"{path}: id2label names {label!r} twice (ids {seen[label]} and {label_id}); "
+                             f"each label must be named once")
+        seen[label] = label_id
+    if "num_labels" in config and config["num_labels"] != len(id2label):
+        raise ModelError(f"{path}: num_labels is {config['num_labels']!r} but id2label names {len(id2label)} labels")
+    label2id = config.get("label2id")
+    if label2id is None:
+        return
+    if not isinstance(label2id, dict):
+        raise ModelError(f"{path}: label2id must be an object of label names to ids")
+    for label, label_id in label2id.items():
+        if label not in seen:
+            raise ModelError(f"{path}: label2id has {label!r}, which id2label does not name")
+        if not isinstance(label_id, int) or isinstance(label_id, bool) or seen[label] != label_id:
+            raise ModelError(f"{path}: label2id[{label!r}] is {label_id!r} but id2label gives it id {seen[label]}")
+    absent = [label for label in seen if label not in label2id]
+    if absent:
+        raise ModelError(f"{path}: label2id lacks {', '.join(map(repr, absent[:5]))}, named by id2label")
 
 
 def pad_token_id(tokenizer) -> int:
