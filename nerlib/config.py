@@ -93,11 +93,14 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "max_f1_drop": NumberRule(0, integer=False),
     # nerlib serve (ServeConfig)
     "port": NumberRule(0, 65535),
-    "batch_wait_ms": NumberRule(0, integer=False),
-    "max_batch_texts": _COUNT,
-    "max_body_bytes": _COUNT,
-    "max_texts": _COUNT,
-    "max_chars": _COUNT,
+    # Upper bounds keep each setting in what a worker thread and a timer can hold (a wait of 1e13 ms overflowed the
+    # queue's timeout and killed the worker) and within what one machine's memory answers.
+    "batch_wait_ms": NumberRule(0, 10_000, integer=False),
+    "max_batch_texts": NumberRule(1, 100_000),
+    "max_body_bytes": NumberRule(1, 1 << 30),
+    "max_texts": NumberRule(1, 100_000),
+    "max_chars": NumberRule(1, 10_000_000),
+    "request_timeout_s": NumberRule(0, 3600, integer=False, minimum_allowed=False),
 }
 
 
@@ -282,6 +285,8 @@ class ServeConfig:
     max_body_bytes: int = _opt(1_000_000, "largest request body accepted, in bytes (larger: 413)")
     max_texts: int = _opt(64, "most texts in one request (more: 413)")
     max_chars: int = _opt(50_000, "most characters in one text (more: 413)")
+    request_timeout_s: float = _opt(60.0, "time budget of one request in seconds: a request not answered by then gets "
+                                          "503, and the worker drops what is left of it")
     access_log: bool = _opt(False, "log every request")
 
     def __post_init__(self) -> None:

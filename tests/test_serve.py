@@ -134,7 +134,13 @@ def test_predict_one_text_and_several(server, model):
     ('{"text": "a", "texts": ["b"]}', {"Content-Type": "application/json"}, 422, 'give either "text"'),
     ("{}", {"Content-Type": "application/json"}, 422, 'give either "text"'),
     ('{"texts": ["a", 5]}', {"Content-Type": "application/json"}, 422, "texts.1: Input should be a valid string"),
-    ('{"text": "a", "lang": "en"}', {"Content-Type": "application/json"}, 422, "lang: Extra inputs are not permitted"),
+    ('{"text": "a", "lang": "en"}', {"Content-Type": "application/json"}, 422, "lang: unknown field"),
+    ('{"txt": "alice"}', {"Content-Type": "application/json"}, 422,
+     'txt: unknown field: "text" (a string) or "texts" (a list of strings) is required'),
+    ('{"text": "alice \\ud800 bob"}', {"Content-Type": "application/json"}, 422,
+     "text 0: character 6 is a lone surrogate (U+D800)"),
+    ('{"texts": ["alice", "\\udfff"]}', {"Content-Type": "application/json"}, 422,
+     "text 1: character 0 is a lone surrogate (U+DFFF)"),
     ("[1, 2]", {"Content-Type": "application/json"}, 422, "invalid request"),
     (json.dumps({"texts": ["a"] * 5}), {"Content-Type": "application/json"}, 413, "5 texts in one request; at most 4"),
     (json.dumps({"texts": ["a", "b " * 151]}), {"Content-Type": "application/json"}, 413,
@@ -361,7 +367,7 @@ def _listening_sockets() -> list[str]:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--max-texts", "0"], "--max-texts must be at least 1"),
+    (["--max-texts", "0"], "--max-texts must be in [1, 100000], got 0"),
     (["--port", "70000"], "--port must be in [0, 65535], got 70000"),
     (["--backend", "onnx"], "no model.onnx"),
 ])
