@@ -180,6 +180,10 @@ def load_trained(model_dir: str, trust_remote_code: bool = False, backend: str =
     id2label = model.config.id2label
     labels = [id2label[i] for i in range(len(id2label))]
     info = read_nerlib_info(model_dir)
+    if "labels" in info and info["labels"] != labels:
+        raise ModelError(f"{os.path.join(model_dir, NERLIB_CONFIG_FILE)}: its labels are not config.json's id2label "
+                         f"({len(info['labels'])} against {len(labels)}, or in another order); the folder mixes "
+                         f"files of different models")
     label_set = label_set_from_labels(info.get("label_set", "model"), labels)
     if info.get("remap_multinerd"):
         label_set = LabelSet(label_set.name, label_set.labels, remap_multinerd=True)
@@ -236,7 +240,8 @@ def check_tokenizer_fits(model_dir: str, tokenizer, config) -> None:
         config: its transformers configuration.
 
     Raises:
-        ModelError: no tokenizer file in the folder, or a tokenizer larger than the embeddings.
+        ModelError: no tokenizer file in the folder, or a tokenizer larger than the embeddings or with
+            fewer than half their rows.
     """
     wanted = [name for name in getattr(tokenizer, "vocab_files_names", {}).values() if isinstance(name, str)]
     if wanted and not any(os.path.isfile(os.path.join(model_dir, name)) for name in wanted):
@@ -248,6 +253,11 @@ def check_tokenizer_fits(model_dir: str, tokenizer, config) -> None:
     if isinstance(vocab_size, int) and size > vocab_size:
         raise ModelError(f"{model_dir}: the tokenizer has ids up to {size - 1} but config.json's vocab_size is "
                          f"{vocab_size}; the tokenizer is not this model's")
+    # Models round vocab_size up a little (to a multiple of 8 or 64); a tokenizer with under half the rows is
+    # another model's, or a stand-in built from the special tokens alone.
+    if isinstance(vocab_size, int) and size * 2 < vocab_size:
+        raise ModelError(f"{model_dir}: the tokenizer has {size} ids but config.json's vocab_size is {vocab_size}; "
+                         f"the tokenizer is not this model's")
 
 
 def check_onnx_outputs(model: OnnxTokenClassifier, config) -> None:

@@ -64,6 +64,23 @@ def _bigger_tokenizer(folder, vocab_size):
     tokenizer.save_pretrained(str(folder))
 
 
+def _smaller_tokenizer(folder):
+    """Another model's tokenizer: a vocabulary of 12 entries (the tiny model's has 45)."""
+    from transformers import BertTokenizerFast
+
+    _remove(folder, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "alice", "bob", "paris", "saw", "in", "the", "."]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
+
+
+def _reorder_nerlib_labels(folder):
+    path = folder / "nerlib_config.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info["labels"] = [info["labels"][0], *reversed(info["labels"][1:])]
+    path.write_text(json.dumps(info), encoding="utf-8")
+
+
 def _duplicate_label(config):
     config["id2label"]["2"] = config["id2label"]["1"]  # B-PER twice; label2id then cannot invert it
     config.pop("label2id")
@@ -97,6 +114,11 @@ DAMAGES = {
                                                       "special_tokens_map.json"), "no tokenizer files",
                                  ("torch", "onnx")),
     "tokenizer larger than the embeddings": (lambda d, v: _bigger_tokenizer(d, v), "vocab_size is", ("torch", "onnx")),
+    "tokenizer of a smaller model": (lambda d, v: _smaller_tokenizer(d), "the tokenizer has 12 ids but config.json's "
+                                     "vocab_size is 45", ("torch", "onnx")),
+    "nerlib_config.json labels of another model": (lambda d, v: _reorder_nerlib_labels(d),
+                                                   "nerlib_config.json: its labels are not config.json's id2label",
+                                                   ("torch", "onnx")),
     "config.json not JSON": (lambda d, v: (d / "config.json").write_text('{"id2label": {'), "config.json:1: not valid",
                              ("torch", "onnx")),
     "a label named twice": (lambda d, v: _edit_config(d, _duplicate_label), "config.json: id2label names 'B-PER' twice",
@@ -138,7 +160,8 @@ def test_an_incomplete_model_folder_is_refused_in_one_line(folders, damage, kind
             raise AssertionError("the damaged model folder was loaded")
 
         monkeypatch.setattr("nerlib.serve.create_app", no_app)
-    model_dir = shutil.copytree(getattr(folders, kind), tmp_path / "model", ignore=shutil.ignore_patterns("checkpoints"))
+    model_dir = shutil.copytree(getattr(folders, kind), tmp_path / "model",
+                                ignore=shutil.ignore_patterns("checkpoints"))
     spoil, message, _ = DAMAGES[damage]
     spoil(model_dir, folders.vocab_size)
     main, argv = COMMANDS[command](str(model_dir), folders, tmp_path)
