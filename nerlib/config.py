@@ -285,7 +285,7 @@ class ServeConfig:
     max_body_bytes: int = _opt(1_000_000, "largest request body accepted, in bytes (larger: 413)")
     max_texts: int = _opt(64, "most texts in one request (more: 413)")
     max_chars: int = _opt(50_000, "most characters in one text (more: 413)")
-    request_timeout_s: float = _opt(60.0, "time budget of one request in seconds: a request not answered by then gets "
+    request_timeout_s: float = _opt(30.0, "time budget of one request in seconds: a request not answered by then gets "
                                           "503, and the worker drops what is left of it")
     access_log: bool = _opt(False, "log every request")
 

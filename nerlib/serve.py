@@ -99,8 +99,9 @@ class Batcher:
 
     A call of the model that fails for a group of requests is made again for each request alone, so
     only the request that caused it fails. A group is run in calls of at most `max_call_chars`
-    characters, and between calls the requests already answered (their time budget ran out) are
-    dropped, so an abandoned request does not keep the worker. If the worker itself stops, every
+    characters; between calls the requests already answered (their time budget ran out) are
+    dropped, so an abandoned request does not keep the worker, and the requests that queued in the
+    meantime are run, so a large request does not keep the others waiting. If the worker stops, every
     waiting request fails, `failure` says why and `on_death` is called.
     """
 
@@ -128,6 +129,7 @@ class Batcher:
         self.stats = BatchStats()
         self.failure: Optional[str] = None
         self._current: List[_Job] = []  # the group being run, answered too if the worker dies
+        self._stop_requested = False  # close()'s marker was taken while serving requests between calls
         self._thread = threading.Thread(target=self._work, name="nerlib-serve-model", daemon=True)
         self._thread.start()
 
@@ -169,7 +171,7 @@ class Batcher:
     def _work(self) -> None:
         try:
             stopping = False
-            while not stopping:
+            while not stopping and not self._stop_requested:
                 first = self._queue.get()
                 if first is None:
                     break
@@ -208,43 +210,72 @@ class Batcher:
             size += len(pair[1])
         return calls + ([current] if current else [])
 
-    def _run_group(self, group: List[_Job]) -> None:
+    def _run_group(self, group: List[_Job], interleave: bool = True) -> None:
         for job in group:
             if not job.texts:  # `{"texts": []}`: nothing to run, answered at once
                 self._finish_if_complete(job)
         failed: set = set()
-        for call in self._calls([(job, text) for job in group for text in job.texts]):
-            live = [(job, text) for job, text in call if id(job) not in failed and not job.future.done()]
-            jobs = list({id(job): job for job, _ in live}.values())
-            for job, _ in call:  # answered already: its time budget ran out while it waited
-                if job.future.done() and id(job) not in failed:
-                    failed.add(id(job))
-                    with self._lock:
-                        self.stats.timed_out += 1
-            if not live:
-                continue
+        calls = self._calls([(job, text) for job in group for text in job.texts])
+        for number, call in enumerate(calls):
+            self._run_call(call, failed)
+            if interleave and number + 1 < len(calls) and not self._queue.empty():
+                self._serve_waiting()
+
+    def _serve_waiting(self) -> None:
+        """Run the requests that queued while a long group runs, between two of its calls, so that one
+        large request does not keep every other waiting until it is done."""
+        waiting = []
+        while True:
             try:
-                results = self._call([text for _, text in live])
-            except Exception as exc:
-                if len(jobs) == 1:
-                    self._fail(jobs[0], exc, failed)
-                    continue
-                # Which request caused it? Each one again alone: only the culprit fails.
-                for job in jobs:
-                    texts = [text for owner, text in live if owner is job]
-                    try:
-                        job.results.extend(self._call(texts))
-                    except Exception as solo_exc:
-                        self._fail(job, solo_exc, failed)
-                    else:
-                        self._finish_if_complete(job)
-                continue
-            start = 0
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # close(): finish what is under way, then stop
+                self._stop_requested = True
+                break
+            waiting.append(job)
+        self._current.extend(waiting)
+        group: List[_Job] = []
+        for job in waiting:
+            if group and (not self._batching or sum(len(j.texts) for j in group) + len(job.texts) > self._max_texts):
+                self._run_group(group, interleave=False)
+                group = []
+            group.append(job)
+        if group:
+            self._run_group(group, interleave=False)
+
+    def _run_call(self, call: List[tuple], failed: set) -> None:
+        """One call of the model on (job, text) pairs; a failure is narrowed down to the request that caused it."""
+        live = [(job, text) for job, text in call if id(job) not in failed and not job.future.done()]
+        jobs = list({id(job): job for job, _ in live}.values())
+        for job, _ in call:  # answered already: its time budget ran out while it waited
+            if job.future.done() and id(job) not in failed:
+                failed.add(id(job))
+                with self._lock:
+                    self.stats.timed_out += 1
+        if not live:
+            return
+        try:
+            results = self._call([text for _, text in live])
+        except Exception as exc:
+            if len(jobs) == 1:
+                self._fail(jobs[0], exc, failed)
+                return
+            # Which request caused it? Each one again alone: only the culprit fails.
             for job in jobs:
-                count = sum(1 for owner, _ in live if owner is job)
-                job.results.extend(results[start:start + count])
-                start += count
-                self._finish_if_complete(job)
+                try:
+                    job.results.extend(self._call([text for owner, text in live if owner is job]))
+                except Exception as solo_exc:
+                    self._fail(job, solo_exc, failed)
+                else:
+                    self._finish_if_complete(job)
+            return
+        start = 0
+        for job in jobs:
+            count = sum(1 for owner, _ in live if owner is job)
+            job.results.extend(results[start:start + count])
+            start += count
+            self._finish_if_complete(job)
 
     def _call(self, texts: List[str]) -> list:
         try:

@@ -89,9 +89,40 @@ def test_a_slow_request_gets_503_within_its_budget_and_the_worker_drops_the_rest
         assert answered < 3.5  # the budget, not the 4 s the texts take
         # This one waits for the slow call under way (until about 2 s), not for the two after it.
         status, body = post_json(port, {"text": "alice"})
+        deadline = time.monotonic() + 5
+        while call(port, "GET", "/health")[1]["timed_out"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the worker counts the dropped request when it reaches its next call
         health = call(port, "GET", "/health")[1]
     assert status == 200 and body["results"][0]["entities"] == expected(model, ["alice"])[0], body
     assert slow_calls == [["slow 1"], ["slow 2"]] and health["timed_out"] == 1
+
+
+def test_a_large_request_does_not_keep_a_small_one_waiting_until_it_is_done(model, monkeypatch):
+    honest = Predictor.__call__
+    calls = []
+
+    def slow(self, texts):
+        calls.append(list(texts))
+        if any(text.startswith("slow") for text in texts):
+            time.sleep(0.8)
+        return honest(self, texts)
+
+    monkeypatch.setattr(Predictor, "__call__", slow)
+    # max_chars=8: each slow text is a call of its own, and the worker takes waiting requests between them.
+    with running(create_app(model.predictor, ServeConfig(max_chars=8), "tiny")) as port:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            large = pool.submit(post_json, port, {"texts": ["slow 1", "slow 2", "slow 3", "slow 4"]})
+            while not calls:  # the large request is under way
+                time.sleep(0.01)
+            small = pool.submit(post_json, port, {"text": "alice"})
+            status, body = small.result()
+            small_done = large.done()
+            large_status, large_body = large.result()
+    assert status == 200 and body["results"][0]["entities"] == expected(model, ["alice"])[0]
+    assert not small_done, "the small request was answered only after the large one"
+    assert calls.index(["alice"]) < len(calls) - 1 and large_status == 200
+    monkeypatch.setattr(Predictor, "__call__", honest)
+    assert [r["entities"] for r in large_body["results"]] == expected(model, ["slow 1", "slow 2", "slow 3", "slow 4"])
 
 
 def test_a_dead_worker_fails_health_and_every_request(model, monkeypatch):
