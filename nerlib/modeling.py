@@ -56,7 +56,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as exc:  # hub, file and format errors all surface as one actionable line
-        raise _hub_error(name, exc) from None
+        files = [file for file in _TOKENIZER_FILES if os.path.isfile(os.path.join(name, file))]
+        if not files or "trust_remote_code" in str(exc):
+            raise _hub_error(name, exc) from None
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+        raise ModelError(f"{name}: cannot load the tokenizer from {', '.join(files)} ({reason}); the model folder "
+                         f"is damaged") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{name}: nerlib needs a fast tokenizer (word ids for label alignment); this one is slow")
     return tokenizer
@@ -320,6 +325,9 @@ WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
                  "pytorch_model.bin.index.json")
 # The JSON files of a model folder that a damaged download or a full disk can leave truncated.
 _TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The files a tokenizer is read from, named when it cannot be.
+_TOKENIZER_FILES = _TOKENIZER_JSON_FILES + ("vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                                            "sentencepiece.bpe.model", "tokenizer.model")
 
 
 def read_json_file(path: str):

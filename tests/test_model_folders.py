@@ -81,6 +81,19 @@ def _reorder_nerlib_labels(folder):
     path.write_text(json.dumps(info), encoding="utf-8")
 
 
+def _one_word_tokenizer(folder):
+    """tokenizer.json whose vocabulary is [UNK] alone (plus the special tokens it adds back): every word unknown."""
+    path = folder / "tokenizer.json"
+    tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    tokenizer["model"]["vocab"] = {"[UNK]": 0}
+    path.write_text(json.dumps(tokenizer), encoding="utf-8")
+
+
+def _no_labels(config):
+    config.pop("id2label")
+    config.pop("label2id")
+
+
 def _duplicate_label(config):
     config["id2label"]["2"] = config["id2label"]["1"]  # B-PER twice; label2id then cannot invert it
     config.pop("label2id")
@@ -119,6 +132,13 @@ DAMAGES = {
     "nerlib_config.json labels of another model": (lambda d, v: _reorder_nerlib_labels(d),
                                                    "nerlib_config.json: its labels are not config.json's id2label",
                                                    ("torch", "onnx")),
+    "tokenizer.json not a tokenizer": (lambda d, v: (d / "tokenizer.json").write_text("{}"),
+                                       "cannot load the tokenizer from tokenizer.json", ("torch", "onnx")),
+    "tokenizer of one word": (lambda d, v: _one_word_tokenizer(d), "vocab_size is 45; the tokenizer is not this model's",
+                              ("torch", "onnx")),
+    "config.json without labels": (lambda d, v: _edit_config(d, _no_labels), "makes it (2,)", ("torch",)),
+    "config.json without labels, ONNX": (lambda d, v: _edit_config(d, _no_labels),
+                                         "model.onnx: the graph scores 7 labels but config.json names 2", ("onnx",)),
     "config.json not JSON": (lambda d, v: (d / "config.json").write_text('{"id2label": {'), "config.json:1: not valid",
                              ("torch", "onnx")),
     "a label named twice": (lambda d, v: _edit_config(d, _duplicate_label), "config.json: id2label names 'B-PER' twice",
